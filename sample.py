@@ -1,0 +1,88 @@
+"""
+Generate text from a trained checkpoint. The byte stream (and any side stream) grows with the bytes of
+each generated token, exactly as during training.
+
+    python sample.py --out_dir=out-cpu-demo --start="ROMEO:" --num_samples=2 --max_new_tokens=200
+    python sample.py --out_dir=out-gpt2-bytes --start=FILE:prompt.txt --temperature=0.7
+"""
+import argparse
+import sys
+
+import torch
+
+from data import EOT_BYTE, EOT_TEXT, Corpus, Tokenizer
+from model import load_checkpoint
+
+
+def prompt_bytes(start):
+    """The prompt as UTF-8 bytes: a string, or FILE:path. Invalid UTF-8 is refused with its position."""
+    if start.startswith("FILE:"):
+        data = open(start[5:], "rb").read()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SystemExit(f"error: {start[5:]} is not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 4]!r})")
+        return data
+    try:
+        return start.encode("utf-8")
+    except UnicodeEncodeError as e:  # the shell passed bytes that are not UTF-8 (they arrive as surrogates)
+        raise SystemExit(f"error: the prompt is not valid UTF-8 (character {e.start}); pass UTF-8 text or FILE:path")
+
+
+@torch.no_grad()
+def generate(model, main_tok, side_toks, data, max_new_tokens, temperature=1.0, top_k=None, device="cpu"):
+    """Extend bytes `data` (which may hold EOT bytes) by up to max_new_tokens main tokens; returns bytes."""
+    c = model.config
+    ids = list(Corpus.from_bytes(data, main_tok, []).ids)
+    budgets = [(t, s.budget) for t, s in zip(side_toks, c.streams)]
+    for _ in range(max_new_tokens):
+        ctx = Corpus.from_bytes(data, main_tok, side_toks, main_ids=ids)
+        p = max(0, len(ids) - c.block_size)
+        n = len(ids) - p
+        window = ctx.window(p, n, budgets)
+        to = lambda a: torch.from_numpy(a)[None].to(device)
+        logits, _ = model(to(window["idx"]), tok_start=to(window["tok_start"]), tok_end=to(window["tok_end"]),
+                          sides=[tuple(map(to, s)) for s in window["sides"]])
+        logits = logits[0, -1, : main_tok.vocab_size].float() / max(temperature, 1e-6)
+        if top_k:
+            kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
+            logits[logits < kth] = -float("inf")
+        nxt = int(torch.multinomial(torch.softmax(logits, -1), 1))
+        ids.append(nxt)
+        data += main_tok.token_bytes[nxt]
+    return data
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out_dir", default="out", help="training output folder (or a checkpoint file)")
+    p.add_argument("--start", default="", help="prompt text, or FILE:path (default: start a new document)")
+    p.add_argument("--num_samples", type=int, default=2)
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", type=int, default=200)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto")
+    args = p.parse_args(argv)
+    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    prompt = prompt_bytes(args.start)
+    model, ckpt = load_checkpoint(args.out_dir, device)
+    model.attention = "sdpa"  # dense masks are small at sampling sizes, and need no length constraints
+    main_tok = Tokenizer(model.config.tokenizer)
+    side_toks = [Tokenizer(s.tokenizer) for s in model.config.streams]
+    for t in [main_tok] + side_toks:
+        trained = ckpt["tokenizers"].get(t.spec)
+        if trained != t.fingerprint:
+            raise SystemExit(f"error: tokenizer {t.spec!r} here differs from the one the model was trained with")
+    torch.manual_seed(args.seed)
+    start = bytes([EOT_BYTE]) + prompt  # like every training document
+    for i in range(args.num_samples):
+        out = generate(model, main_tok, side_toks, start, args.max_new_tokens, args.temperature, args.top_k, device)
+        text = out[1:].replace(bytes([EOT_BYTE]), f"\n{EOT_TEXT}\n".encode()).decode("utf-8", errors="replace")
+        print(text)
+        print("-" * 60)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

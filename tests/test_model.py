@@ -1,0 +1,132 @@
+"""The model: plain-GPT equivalence, the two attention paths, accounting."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import HARD_DOCS, PLAIN
+from data import Corpus, collate
+from model import GPT, GPTConfig, batch_inputs
+
+
+def make(toks, main="bpe300", streams=(), T=64, n_layer=2, seed=0):
+    torch.manual_seed(seed)
+    cfg = GPTConfig(tokenizer=main, vocab_size=toks[main].vocab_size, block_size=T, n_layer=n_layer, n_head=2,
+                    n_embd=32, streams=[dict(s, vocab_size=toks[s["tokenizer"]].vocab_size) for s in streams])
+    return GPT(cfg).eval()
+
+
+def randomize_cross(model, std=0.2):
+    """Cross-attention starts as a no-op (zero output projection); give it weight so that it matters."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".cross." in name:
+                p.normal_(0, std)
+
+
+def batch_for(toks, model, text, starts=(0,), T=None):
+    c = model.config
+    T = T or c.block_size
+    corpus = Corpus.from_bytes(text, toks[c.tokenizer], [toks[s.tokenizer] for s in c.streams])
+    streams = [(toks[s.tokenizer], s.budget) for s in c.streams]
+    return batch_inputs(collate([corpus.window(p, T, streams) for p in starts]), "cpu")
+
+
+TEXT = ("\xff".join(HARD_DOCS + [PLAIN])).encode().replace("\xff".encode(), b"\xff")
+BYTES = dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=32, window=16, budget=256, cross_layers=[0])
+VARIANTS = {
+    "layer0": [BYTES],
+    "all_layers": [dict(BYTES, cross_layers="all")],
+    "local0": [dict(BYTES, locality=0)],
+    "local2": [dict(BYTES, locality=2)],
+    "overflow": [dict(BYTES, budget=128)],  # fewer bytes than the window's tokens hold
+    "bpe_side": [dict(BYTES, tokenizer="bpe400", budget=128)],
+    "two_streams": [BYTES, dict(BYTES, tokenizer="bpe400", budget=128, cross_layers=[1], locality=1)],
+}
+
+
+def test_branch_off_is_the_plain_gpt(toks):
+    """Same parameters as the baseline, and (cross-attention being zero at init) the same outputs."""
+    base, byte = make(toks), make(toks, streams=[BYTES])
+    base_params = dict(base.named_parameters())
+    shared = {n: p for n, p in byte.named_parameters() if n in base_params}
+    assert set(shared) == set(base_params), "the baseline's parameters are the byte model's main parameters"
+    assert sum(p.numel() for p in base.parameters()) == byte.param_counts()["embeddings"] + byte.param_counts()["main"]
+    byte.load_state_dict(base.state_dict(), strict=False)
+    x = batch_for(toks, byte, TEXT)
+    y = {k: v for k, v in x.items() if k != "sides"}
+    with torch.no_grad():
+        assert torch.equal(base(**y)[0], byte(**x)[0])
+        randomize_cross(byte)
+        assert not torch.allclose(base(**y)[0], byte(**x)[0]), "the byte branch must be able to change outputs"
+
+
+def test_plain_gpt_matches_reference(toks):
+    """The baseline against a direct, independent transcription of its equations."""
+    m = make(toks, n_layer=2)
+    x = batch_for(toks, m, TEXT)["idx"]
+    F = torch.nn.functional
+    rms = lambda t: t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + torch.finfo(t.dtype).eps)
+    T, H, D = x.size(1), 2, 16
+    freqs = 10000.0 ** (-torch.arange(0, D, 2).float() / D)
+    ang = torch.arange(T).float()[:, None] * freqs
+    def rot(t):
+        a, b = t[..., : D // 2], t[..., D // 2:]
+        return torch.cat([a * ang.cos() - b * ang.sin(), a * ang.sin() + b * ang.cos()], -1)
+    h = m.wte.weight[x]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    for blk in m.blocks:
+        u = rms(h)
+        q = (u @ blk.attn.q.weight.T).view(1, T, H, D).transpose(1, 2)
+        k, v = (u @ blk.attn.kv.weight.T).view(1, T, 2, H, D).permute(2, 0, 3, 1, 4)
+        att = (rot(rms(q)) @ rot(rms(k)).transpose(-1, -2)) / D ** 0.5
+        y = att.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+        h = h + y.transpose(1, 2).reshape(1, T, -1) @ blk.attn.proj.weight.T
+        h = h + F.relu(rms(h) @ blk.mlp.fc.weight.T).square() @ blk.mlp.proj.weight.T
+    ref = rms(h) @ m.wte.weight.T  # over the padded vocabulary, as the model
+    with torch.no_grad():
+        assert torch.allclose(m(x)[0], ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_flex_and_sdpa_compute_the_same_function(toks, variant):
+    """FlexAttention (block masks built from intervals; forward only on CPU) equals SDPA with dense masks
+    written from the visibility rule. Two windows, one with padding tokens, lengths not multiples of 128."""
+    m = make(toks, streams=VARIANTS[variant], T=100)
+    randomize_cross(m)
+    x = batch_for(toks, m, TEXT, starts=(0, 37))
+    with torch.no_grad():
+        ref, _ = m(**x)
+        m.attention = "flex"
+        out, _ = m(**x)
+    assert torch.allclose(ref, out, atol=2e-5), (ref - out).abs().max()
+
+
+def test_param_counts_and_flops(toks):
+    m = make(toks, streams=VARIANTS["two_streams"])
+    counts = m.param_counts()
+    assert sum(v for k, v in counts.items() if k != "total") == counts["total"] == sum(p.numel() for p in m.parameters())
+    assert counts["cross:bytes"] > 0 and counts["stream:bpe400"] > 0
+    assert m.flops_per_token() > make(toks).flops_per_token()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("variant", ["local2", "overflow", "two_streams"])
+def test_gpu_compiled_flex_matches_sdpa(toks, variant):
+    """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path."""
+    m = make(toks, streams=VARIANTS[variant], T=256).cuda().train()
+    randomize_cross(m)
+    text = TEXT * 4
+    x = {k: (v.cuda() if torch.is_tensor(v) else [tuple(t.cuda() for t in s) for s in v])
+         for k, v in batch_for(toks, m, text, starts=(0, 300)).items()}
+    grads = {}
+    for path in ("sdpa", "flex"):
+        m.attention = path
+        m.zero_grad()
+        fn = torch.compile(m) if path == "flex" else m
+        _, loss = fn(**x)
+        loss.backward()
+        grads[path] = (loss.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None])
+    (l0, g0), (l1, g1) = grads["sdpa"], grads["flex"]
+    assert torch.allclose(l0, l1, atol=1e-4)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), (a - b).abs().max()
