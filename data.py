@@ -84,7 +84,6 @@ GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838
 def _gpt2_offline():
     """GPT-2's ranks from the openai-whisper sdist on PyPI, for machines that reach only PyPI."""
     import tiktoken
-    from tiktoken.load import load_tiktoken_bpe
     path = os.path.join(cache_dir(), "gpt2.tiktoken")
     if not os.path.exists(path) or sha256_file(path) != GPT2_RANKS_SHA256:
         sdist = fetch_pypi_sdist(*WHISPER_SDIST)
@@ -96,7 +95,7 @@ def _gpt2_offline():
         with open(path + ".tmp", "wb") as f:
             f.write(data)
         os.replace(path + ".tmp", path)
-    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(path),
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_bpe(path),
                              special_tokens={EOT_TEXT: 50256})
 
 
@@ -111,10 +110,9 @@ class Tokenizer:
             self.name, self.vocab_size, self.eot = "bytes", 256, EOT_BYTE
         elif spec.endswith(".tiktoken"):
             import tiktoken
-            from tiktoken.load import load_tiktoken_bpe
             if not os.path.exists(spec):
                 raise FileNotFoundError(f"tokenizer file {spec} not found (train one with prepare.py --train_bpe)")
-            ranks = load_tiktoken_bpe(spec)
+            ranks = load_bpe(spec)
             self.name = os.path.basename(spec)[: -len(".tiktoken")]
             self.enc = tiktoken.Encoding(name=self.name, pat_str=PROJECT_BPE_PATTERN, mergeable_ranks=ranks,
                                          special_tokens={EOT_TEXT: len(ranks)})
@@ -218,6 +216,21 @@ def train_bpe(texts, vocab_size):
                 if w[i] == a and w[i + 1] == b:
                     w[i:i + 2] = [a + b]
                 i += 1
+    return ranks
+
+
+def load_bpe(path):
+    """Ranks of a .tiktoken file, read directly: tiktoken's own loader caches every file by its path in
+    TIKTOKEN_CACHE_DIR, so a file retrained at the same path would load its old ranks."""
+    ranks = {}
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    token, rank = line.split()
+                    ranks[base64.b64decode(token, validate=True)] = int(rank)
+                except ValueError:
+                    raise ValueError(f"{path} line {n} is not '<base64 token> <rank>'") from None
     return ranks
 
 

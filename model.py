@@ -21,10 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:  # FlexAttention is the fused path on GPU (torch >= 2.5)
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
-except ImportError:  # pragma: no cover
-    BlockMask = flex_attention = None
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 FLEX_BLOCK = 128
 
@@ -106,7 +103,7 @@ def attend(q, k, v, mask):
     nothing output zeros, as FlexAttention does)."""
     if isinstance(mask, str):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if BlockMask is not None and isinstance(mask, BlockMask):
+    if isinstance(mask, BlockMask):
         return flex_attention(q, k, v, block_mask=mask)
     sees_any = mask.any(-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~sees_any)

@@ -79,14 +79,17 @@ def read_documents(path, progress):
         f, base = gzip.open(io.BufferedReader(raw)), path[:-3]
     else:
         f = io.BufferedReader(raw)
-    with f:
+    with raw.f, f:  # closing a decompressor does not close the file under it
         if base.endswith(".jsonl"):
             for n, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        yield json.loads(line)["text"]
+                        text = json.loads(line)["text"]
                     except (ValueError, KeyError, TypeError):
-                        raise SystemExit(f"error: {path} line {n} is not JSON with a 'text' field")
+                        text = None
+                    if not isinstance(text, str):  # a number or null would fail later, in a worker
+                        raise SystemExit(f"error: {path} line {n} is not JSON with a 'text' field (a string)")
+                    yield text
         else:
             data = f.read()
             try:
@@ -137,6 +140,8 @@ def download(url, path, sha256=None, size=None, tries=6, session=None):
     part = path + ".part"
     for attempt in range(tries):
         have = os.path.getsize(part) if os.path.exists(part) else 0
+        if size is not None and have > size:
+            have = 0  # longer than the file, so not a prefix of it: resuming would fail forever
         try:
             headers = {"Range": f"bytes={have}-"} if have else {}
             with session.get(url, headers=headers, stream=True, timeout=60) as r:
@@ -204,7 +209,10 @@ def tokenize_documents(docs):
     main, sides = _TOKS
     parts = []
     for split, text in docs:
-        doc = text.encode("utf-8", "replace").decode("utf-8").encode("utf-8")  # lone surrogates -> U+FFFD
+        try:
+            doc = text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (half a pair, from cut JSON text) -> U+FFFD, not "?"
+            doc = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
         data = bytes([EOT_BYTE]) + doc
         ids, starts = main_stream(main, data)
         if main.decode(ids) != data:
@@ -331,6 +339,12 @@ def tokenize_all(tagged, out, main, sides, workers, progress, group_chars=1 << 2
                 print(progress.line(sum(w.docs for w in writers.values()), sum(w.tokens for w in writers.values())),
                       end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
+    for s, w in writers.items():  # checked before any split is finished, so that none is replaced
+        if w.docs == 0:
+            hint = ("give --val files, or a larger --val_fraction" if s == "val" else
+                    "check the --train sources")
+            raise SystemExit(f"error: the {s} split has no documents "
+                             f"({sum(x.docs for x in writers.values())} documents in all): {hint}")
     return {s: w.finish() for s, w in writers.items()}
 
 
@@ -343,7 +357,10 @@ def every_kth(docs, fraction):
 def split_lines(docs, fraction):
     """For a handful of long documents: the last `fraction` of each one's lines goes to val."""
     for d in docs:
-        cut = d.rfind("\n", 0, int(len(d) * (1 - fraction))) + 1 or int(len(d) * (1 - fraction))
+        target = int(len(d) * (1 - fraction))
+        cut = d.rfind("\n", 0, target) + 1
+        if cut == 0 or cut < 2 * target - len(d):  # no line break near the target (say, one long paragraph):
+            cut = target                           # cut mid-line rather than give val far more than its share
         yield "train", d[:cut]
         yield "val", d[cut:]
 
@@ -390,6 +407,11 @@ def main(argv=None):
     p.add_argument("--fineweb_files", type=int, default=1, help="FineWeb-Edu parquet files to use (about 2 GB each)")
     p.add_argument("--train_bpe", type=int, default=0,
                    help="train a BPE of this vocabulary size on (up to 20M characters of) the train split, save it, stop")
+    p.add_argument("--tasks_fraction", type=float, default=0.0,
+                   help="mix character-task documents (tasks.py; train words only) into the train split at this "
+                        "fraction of its tokens, e.g. 0.02")
+    p.add_argument("--task_words", default=None,
+                   help="word list (or any text file) for the task documents; default: words of the train text")
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         raise SystemExit("error: --val_fraction must be between 0 and 1")
@@ -414,11 +436,19 @@ def main(argv=None):
 
     main_tok = Tokenizer(args.tokenizer)
     sides = [Tokenizer(s) for s in args.side if s != "bytes"]
+    task_info = None
+    if args.tasks_fraction:  # task documents join the train split like any other document
+        from tasks import mix_task_documents
+        tagged, task_info = mix_task_documents(tagged, main_tok, args.tasks_fraction, args.task_words, out)
     t0 = time.time()
     splits = tokenize_all(tagged, out, main_tok, sides, args.workers, progress)
-    meta = {"command": " ".join(sys.argv), "tokenizer": main_tok.spec, "sides": [t.spec for t in sides],
+    # the arguments given, also when main() is called with them rather than from the command line
+    command = " ".join(["prepare.py"] + (sys.argv[1:] if argv is None else list(argv)))
+    meta = {"command": command, "tokenizer": main_tok.spec, "sides": [t.spec for t in sides],
             "eot": "each document is preceded by the end-of-text token, the byte 0xFF in the byte stream",
             "splits": splits}
+    if task_info:
+        meta["tasks"] = dict(task_info, fraction_actual=task_info["tokens"] / splits["train"]["tokens"])
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     print(f"done in {time.time() - t0:.0f}s: {out}", file=sys.stderr)

@@ -31,7 +31,8 @@ def prompt_bytes(start):
 
 @torch.no_grad()
 def generate(model, main_tok, side_toks, data, max_new_tokens, temperature=1.0, top_k=None, device="cpu"):
-    """Extend bytes `data` (which may hold EOT bytes) by up to max_new_tokens main tokens; returns bytes."""
+    """Extend bytes `data` (which may hold EOT bytes) by max_new_tokens main tokens.
+    Returns the bytes and the main ids (the prompt's canonical ids, then the generated ones)."""
     c = model.config
     ids = list(Corpus.from_bytes(data, main_tok, []).ids)
     budgets = [(t, s.budget) for t, s in zip(side_toks, c.streams)]
@@ -50,7 +51,7 @@ def generate(model, main_tok, side_toks, data, max_new_tokens, temperature=1.0, 
         nxt = int(torch.multinomial(torch.softmax(logits, -1), 1))
         ids.append(nxt)
         data += main_tok.token_bytes[nxt]
-    return data
+    return data, ids
 
 
 def main(argv=None):
@@ -77,7 +78,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     start = bytes([EOT_BYTE]) + prompt  # like every training document
     for i in range(args.num_samples):
-        out = generate(model, main_tok, side_toks, start, args.max_new_tokens, args.temperature, args.top_k, device)
+        out, _ = generate(model, main_tok, side_toks, start, args.max_new_tokens, args.temperature, args.top_k, device)
         text = out[1:].replace(bytes([EOT_BYTE]), f"\n{EOT_TEXT}\n".encode()).decode("utf-8", errors="replace")
         print(text)
         print("-" * 60)

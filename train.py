@@ -158,7 +158,12 @@ def main(argv):
     if cfg["init_from"] == "resume":
         if not os.path.exists(ckpt_path):
             raise SystemExit(f"error: --init_from=resume but {ckpt_path} does not exist")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            ckpt["config"], ckpt["model"], ckpt["optimizer"]
+        except Exception as e:
+            raise SystemExit(f"error: {ckpt_path} is not a readable checkpoint ({type(e).__name__}: {e}); "
+                             f"start afresh in another out_dir")
         diff = [k for k in MODEL_KEYS if k in given and cfg[k] != ckpt["config"][k]]
         if diff:
             raise SystemExit(f"error: the checkpoint in {cfg['out_dir']} has a different architecture ("
@@ -210,8 +215,14 @@ def main(argv):
                                           (cfg["beta1"], cfg["beta2"]), device_type)
     step, position, best_val = 0, 0, float("inf")
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        changed = [t.spec for t in [main_tok] + side_toks if ckpt["tokenizers"].get(t.spec) != t.fingerprint]
+        if changed:
+            raise SystemExit(f"error: tokenizer(s) {changed} differ from those the checkpoint was trained with")
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError) as e:
+            raise SystemExit(f"error: {ckpt_path} does not fit this model.py: {str(e)[:500]}")
         step, position, best_val = ckpt["step"], ckpt["position"], ckpt["best_val_loss"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device_type == "cuda" and ckpt["rng"].get("cuda") is not None:

@@ -1,9 +1,12 @@
 """Shared fixtures: tiny tokenizers trained in-process, hard text, tiny prepared datasets."""
 import json
 import os
+import random
+import signal
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -56,3 +59,60 @@ def write_jsonl(path, docs):
         for d in docs:
             f.write(json.dumps({"text": d}) + "\n")
     return str(path)
+
+
+# ---- a tiny dataset and one short training run, shared by the training and sampling tests
+
+WORDS = ("the a straw hat strawberry tart sea shell shore she sells surely quick brown fox jumps over lazy dog "
+         "and of to in is was for on with as by at from his her they were had not but all one this which").split()
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory, toks):
+    """A small corpus of generated sentences, prepared with the tiny BPE as main tokenizer."""
+    rng = random.Random(0)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(50, 300))).capitalize() + "." for _ in range(120)]
+    d = tmp_path_factory.mktemp("data")
+    write_jsonl(d / "train.jsonl", docs[:110])
+    write_jsonl(d / "val.jsonl", docs[110:])
+    import prepare
+    prepare.main(["--train", str(d / "train.jsonl"), "--val", str(d / "val.jsonl"), "--out", str(d / "prepared"),
+                  "--tokenizer", toks["bpe300"].spec, "--workers", "1"])
+    return str(d / "prepared")
+
+
+def args(dataset, toks, out_dir, **over):
+    cfg = dict(data_dir=dataset, out_dir=str(out_dir), tokenizer=toks["bpe300"].spec, block_size=32, n_layer=2,
+               n_head=2, n_embd=32, batch_size=4, total_batch_size=128, max_iters=30, eval_interval=10,
+               eval_iters=2, log_interval=1, warmup_iters=5, learning_rate=3e-3, min_lr=3e-4, device="cpu",
+               streams=[dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=32, window=16, budget=96)])
+    cfg.update(over)
+    return [f"--{k}={v!r}" if not isinstance(v, str) else f"--{k}={v}" for k, v in cfg.items()]
+
+
+def run_inprocess(argv):
+    import train
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        train.main(argv)
+    finally:  # train.py installs its own Ctrl-C handler
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+
+
+def val_losses(out_dir):
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [r["val_loss"] for r in map(json.loads, f) if "val_loss" in r]
+
+
+def weights(out_dir):
+    return torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=False)["model"]
+
+
+@pytest.fixture(scope="session")
+def trained(dataset, toks, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    run_inprocess(args(dataset, toks, out))
+    return str(out)
+
+

@@ -5,7 +5,7 @@ import torch
 
 from conftest import HARD_DOCS, PLAIN
 from data import Corpus, collate
-from model import GPT, GPTConfig, batch_inputs
+from model import GPT, GPTConfig, batch_inputs, norm, rope
 
 
 def make(toks, main="bpe300", streams=(), T=64, n_layer=2, seed=0):
@@ -130,3 +130,29 @@ def test_gpu_compiled_flex_matches_sdpa(toks, variant):
     assert torch.allclose(l0, l1, atol=1e-4)
     for a, b in zip(g0, g1):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), (a - b).abs().max()
+
+
+def test_byte_stream_is_the_core_rule(toks):
+    """The offset machinery (end, known, intervals) for a byte stream reduces exactly to the core rule:
+    token i reads byte j iff j < end of token i. Layer 0 is recomputed here from that rule alone."""
+    m = make(toks, streams=[BYTES], n_layer=1)
+    randomize_cross(m)
+    x = batch_for(toks, m, TEXT)
+    ids, _, _ = x["sides"][0]
+    T, L = x["idx"].size(1), ids.size(1)
+    with torch.no_grad():
+        side = m.streams[0](ids, rope(torch.arange(L), 16), _band(L, BYTES["window"]))
+        core = torch.arange(L)[None, :] < x["tok_end"][0][:, None]  # byte j is in tokens 0..i
+        blk = m.blocks[0]
+        h = m.wte(x["idx"])
+        h = h + blk.attn(norm(h), None, rope(torch.arange(T), 16), rope(torch.arange(T), 16), "causal")
+        q_rope = rope(x["tok_end"][0].long(), 16)
+        k_rope = rope(torch.arange(1, L + 1), 16)  # byte j ends at offset j + 1
+        h = h + blk.cross[0](norm(h), side, q_rope, k_rope, core[None, None])
+        h = h + blk.mlp(norm(h))
+        assert torch.allclose(m.lm_head(norm(h)), m(**x)[0], atol=1e-5)
+
+
+def _band(L, window):
+    i = torch.arange(L)
+    return (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)

@@ -1,0 +1,750 @@
+"""
+Tokenization probes: what BPE hides from a model (letters inside tokens, robustness to noise, indifference
+to segmentation), measured for one or more checkpoints side by side (baseline or byte-augmented).
+
+    python evaluate.py out-baseline out-bytes --text data/shakespeare
+    python evaluate.py out-a out-b --text gutenberg/val.jsonl.xz --probes probes/*.jsonl --json eval.json
+    python evaluate.py out-a --text shakespeare --skip tasks probes --noise drop:0.2,swap:0.1 --seg_rates 0.25,1
+
+Reports, per checkpoint (exact definitions: README, section Evaluation):
+  text      bits-per-byte of the text (non-overlapping block_size windows, as train.py's val bpb)
+  noise     bpb of a clean continuation after a noised context, against the same after the clean context
+  segment   bpb of a canonical continuation after a context tokenized non-canonically (same bytes)
+  tasks     character tasks over held-out words (tasks.py): accuracy against distractors, exact match
+  probes    multiple-choice JSONL files: accuracy by summed and by per-byte log-likelihood
+Prints one markdown table (a column per checkpoint) and writes every number, with the settings that
+reproduce it, to a JSON file. Every scored text is a new document: it starts with the end-of-text token.
+"""
+import argparse
+import functools
+import glob
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+import tasks
+from data import EOT_BYTE, INT32_MAX, Corpus, Tokenizer, collate, read_array
+from model import batch_inputs, load_checkpoint
+
+LN2 = math.log(2)
+
+# ------------------------------------------------------------------------------------------------
+# character noise. Each kind changes round(rate * n) of its n eligible units, chosen by a seeded RNG:
+# the same (text, kind, rate, seed) always gives the same text, and the rate is met exactly.
+#   BLT's five (HellaSwag noising in the BLT paper; rate 1 of antspeak and uppercase is BLT's whole-text form)
+#     antspeak    words -> uppercase letters joined by spaces ("the cat" -> "T H E   C A T" at rate 1)
+#     drop        characters deleted
+#     randomcase  cased letters get their case flipped (BLT uses 50%)
+#     repeat      non-space characters repeated, 2 to 4 times in all
+#     uppercase   words uppercased
+#   typos: rate is typos per letter
+#     swap        two adjacent, different letters of a word exchanged
+#     delete      a letter deleted
+#     insert      a random letter inserted after a letter
+#     substitute  a letter replaced by another (case kept)
+
+NOISE_DEFAULTS = {"antspeak": 1.0, "drop": 0.1, "randomcase": 0.5, "repeat": 0.2, "uppercase": 1.0,
+                  "swap": 0.05, "delete": 0.05, "insert": 0.05, "substitute": 0.05}
+_PARTS = re.compile(r"\s+|\S+")
+
+
+def _count(rate, n):
+    return min(n, int(rate * n + 0.5))
+
+
+def _pick(rng, candidates, rate):
+    candidates = list(candidates)
+    return sorted(rng.sample(candidates, _count(rate, len(candidates))))
+
+
+def _letter_like(c, case):
+    return c.upper() if case.isupper() else c
+
+
+def noise(text, kind, rate, seed):
+    """`text` with character noise of one kind at `rate` (0..1), deterministic for a seed (int or str)."""
+    if kind not in NOISE_DEFAULTS:
+        raise ValueError(f"unknown noise kind {kind!r}; kinds: {', '.join(NOISE_DEFAULTS)}")
+    if not 0 <= rate <= 1:
+        raise ValueError(f"noise rate must be between 0 and 1, got {rate}")
+    rng = random.Random(f"{kind}:{seed}")
+    chars = list(text)
+    letters = [i for i, c in enumerate(chars) if c.isalpha()]
+    if kind == "drop":
+        gone = set(_pick(rng, range(len(chars)), rate))
+        return "".join(c for i, c in enumerate(chars) if i not in gone)
+    if kind == "repeat":
+        picked = set(_pick(rng, (i for i, c in enumerate(chars) if not c.isspace()), rate))
+        return "".join(c * rng.randint(2, 4) if i in picked else c for i, c in enumerate(chars))
+    if kind == "randomcase":
+        for i in _pick(rng, (i for i, c in enumerate(chars) if len(c.swapcase()) == 1 and c.swapcase() != c), rate):
+            chars[i] = chars[i].swapcase()
+        return "".join(chars)
+    if kind in ("uppercase", "antspeak"):
+        parts = _PARTS.findall(text)  # alternating runs of whitespace and of the rest
+        words = [i for i, p in enumerate(parts) if not p.isspace() and (kind == "antspeak" or p.upper() != p)]
+        chosen = set(_pick(rng, words, rate))
+        if kind == "uppercase":
+            return "".join(p.upper() if i in chosen else p for i, p in enumerate(parts))
+        # whitespace between converted words is converted too, so that rate 1 is " ".join(text.upper())
+        near = lambda i: [j for j in (i - 1, i + 1) if 0 <= j < len(parts)]
+        conv = [i in chosen or (p.isspace() and bool(near(i)) and all(j in chosen for j in near(i)))
+                for i, p in enumerate(parts)]
+        out, prev = [], False
+        for p, c in zip(parts, conv):
+            out.append((" " if c and prev else "") + (" ".join(p.upper()) if c else p))
+            prev = c
+        return "".join(out)
+    if kind == "swap":
+        pairs = [i for i in letters if i + 1 < len(chars) and chars[i + 1].isalpha() and chars[i] != chars[i + 1]]
+        rng.shuffle(pairs)
+        k, taken = _count(rate, len(letters)), set()
+        for i in pairs:  # non-overlapping pairs, as many as the rate asks (fewer if the text has no more)
+            if len(taken) == 2 * k:
+                break
+            if i not in taken and i + 1 not in taken:
+                taken |= {i, i + 1}
+                chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        return "".join(chars)
+    picked = set(_pick(rng, letters, rate))
+    out = []
+    for i, c in enumerate(chars):
+        if i not in picked:
+            out.append(c)
+        elif kind == "substitute":
+            out.append(_letter_like(rng.choice([x for x in tasks.LETTERS if x != c.lower()]), c))
+        elif kind == "insert":
+            out.append(c + _letter_like(rng.choice(tasks.LETTERS), c))
+        # delete: nothing
+    return "".join(out)
+
+
+def parse_noise(spec):
+    """'drop:0.1,swap,uppercase:1' -> {kind: rate} (a kind without a rate gets its default); 'none' -> {}."""
+    if spec.strip().lower() == "none":
+        return {}
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kind, _, rate = part.partition(":")
+        if kind not in NOISE_DEFAULTS:
+            raise SystemExit(f"error: --noise: unknown kind {kind!r}; kinds: {', '.join(NOISE_DEFAULTS)}")
+        try:
+            out[kind] = float(rate) if rate else NOISE_DEFAULTS[kind]
+        except ValueError:
+            raise SystemExit(f"error: --noise: rate {rate!r} of {kind} is not a number")
+        if not 0 <= out[kind] <= 1:
+            raise SystemExit(f"error: --noise: rate of {kind} must be between 0 and 1")
+    return out
+
+# ------------------------------------------------------------------------------------------------
+# non-canonical segmentation: the same bytes, other tokens
+
+@functools.lru_cache(maxsize=None)
+def _token_id(tok, b):
+    """The id of bytes b if b is a single (non-special) token of tok, else None."""
+    try:
+        i = tok.enc.encode_single_token(b)
+    except KeyError:
+        return None
+    return None if i == tok.eot else i
+
+
+def noncanonical(tok, ids, rate, seed):
+    """Split round(rate * n) of the n multi-byte tokens in `ids` into two smaller tokens whose bytes
+    concatenate to the original's (a random valid cut; single bytes if no cut gives two tokens).
+    Seeded. Returns (new ids, number of tokens split). A byte-level tokenizer has nothing to split."""
+    ids = [int(i) for i in ids]
+    if tok.enc is None:
+        return ids, 0
+    table = tok.token_bytes
+    rng = random.Random(f"segment:{seed}")
+    chosen = set(_pick(rng, (i for i, t in enumerate(ids) if t != tok.eot and len(table[t]) > 1), rate))
+    out = []
+    for i, t in enumerate(ids):
+        b = table[t]
+        if i not in chosen:
+            out.append(t)
+            continue
+        cuts = [j for j in range(1, len(b)) if _token_id(tok, b[:j]) is not None and _token_id(tok, b[j:]) is not None]
+        if cuts:
+            j = rng.choice(cuts)
+            out += [_token_id(tok, b[:j]), _token_id(tok, b[j:])]
+        else:
+            out += [_token_id(tok, b[j:j + 1]) for j in range(len(b))]
+    return out, len(chosen)
+
+# ------------------------------------------------------------------------------------------------
+# inputs: text sources, context/continuation pairs, probe files
+
+def text_documents(sources, split="auto", max_bytes=300_000, fineweb_files=1):
+    """Documents (UTF-8 bytes) of a source prepare.py accepts, or of a folder prepare.py wrote, in order,
+    up to max_bytes in all. split: 'val', 'train' or 'all'; 'auto' is 'val' for shakespeare, fineweb-edu and
+    prepared folders, 'all' for files (you name the file you want)."""
+    import prepare
+    src = sources[0]
+    prepared = len(sources) == 1 and os.path.isdir(src) and bool(glob.glob(os.path.join(src, "*.bytes.bin")))
+    builtin = len(sources) == 1 and src in ("shakespeare", "fineweb-edu")
+    if split == "auto":
+        split = "val" if prepared or builtin else "all"
+    if split not in ("val", "train", "all"):
+        raise SystemExit(f"error: --text_split must be auto, val, train or all, not {split!r}")
+    if prepared:
+        parts = ["train", "val"] if split == "all" else [split]
+        raw = []
+        for part in parts:
+            try:
+                arr, _ = read_array(os.path.join(src, f"{part}.bytes.bin"))
+            except Exception as e:
+                raise SystemExit(f"error: {e}")
+            raw.append(bytes(arr[:max_bytes + 1]))  # documents start with 0xFF: split them there
+        # the prefix may end inside a character: keep whole characters only
+        docs = [d.decode("utf-8", "ignore").encode("utf-8") for r in raw for d in r.split(bytes([EOT_BYTE])) if d]
+    elif split == "all" and not builtin:
+        progress = prepare.Progress(None)
+        docs = (utf8(d) for f in prepare.expand(sources) for d in prepare.read_documents(f, progress))
+    else:
+        ns = argparse.Namespace(train=sources, val=None, val_fraction=0.05, fineweb_files=fineweb_files)
+        _, tagged, _ = prepare.tagged_documents(ns)
+        docs = (utf8(d) for s, d in tagged if split == "all" or s == split)
+    out, total = [], 0
+    for d in docs:
+        if total >= max_bytes:
+            break
+        if total + len(d) > max_bytes:  # crop at a character boundary
+            d = d[:max_bytes - total].decode("utf-8", "ignore").encode("utf-8")
+        if d:
+            out.append(d)
+            total += len(d)
+    if not out:
+        raise SystemExit(f"error: the text source {' '.join(sources)} ({split} split) has no documents")
+    return out
+
+
+def utf8(text):
+    """As prepare.py encodes a document: lone surrogates (from cut JSON text) become U+FFFD."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
+def make_pairs(texts, n, ctx_chars, cont_chars, seed):
+    """n (context, continuation) pairs cut from documents at word boundaries, seeded. The context starts at
+    a word and ends with one (about ctx_chars characters); the continuation (about cont_chars) starts with
+    the whitespace that follows and ends at a word's end."""
+    rng = random.Random(f"pairs:{seed}")
+    texts = [t for t in texts if len(t) > ctx_chars + cont_chars + 2]
+    if not texts:
+        raise SystemExit(f"error: no document of the text is longer than --ctx_chars + --cont_chars "
+                         f"({ctx_chars} + {cont_chars}); give more text or shorter lengths")
+    word_start, word_end = re.compile(r"\s\S"), re.compile(r"\S\s")
+    weights = [len(t) for t in texts]
+    pairs, seen = [], set()
+    for _ in range(50 * n):
+        if len(pairs) == n:
+            break
+        d = rng.choices(range(len(texts)), weights)[0]
+        t = texts[d]
+        a = rng.randrange(0, len(t) - ctx_chars - cont_chars)
+        if a > 0:
+            m = word_start.search(t, a - 1)
+            a = m.start() + 1 if m else len(t)
+        m = word_end.search(t, a + ctx_chars - 1)
+        if not m:
+            continue
+        b = m.start() + 1
+        m = word_end.search(t, b + cont_chars - 1)
+        c = m.start() + 1 if m else len(t)
+        ctx, cont = t[a:b], t[b:c]
+        if (d, a) in seen or not ctx.strip() or not cont.strip():
+            continue
+        seen.add((d, a))
+        pairs.append((ctx, cont))
+    if len(pairs) < n:
+        print(f"warning: only {len(pairs)} distinct context/continuation pairs of {n}", file=sys.stderr)
+    return pairs
+
+
+PROBE_FORMAT = '{"context": str, "choices": [str, ...], "answer": int}'
+
+
+def _probe_problem(obj):
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    missing = [k for k in ("context", "choices", "answer") if k not in obj]
+    if missing:
+        return f"missing {', '.join(repr(k) for k in missing)}"
+    if not isinstance(obj["context"], str):
+        return "'context' is not a string"
+    ch = obj["choices"]
+    if not isinstance(ch, list) or len(ch) < 2 or not all(isinstance(c, str) for c in ch):
+        return "'choices' is not a list of at least two strings"
+    if not all(ch):
+        return "a choice is empty (there is nothing to score)"
+    a = obj["answer"]
+    if type(a) is not int or not 0 <= a < len(ch):
+        return f"'answer' must be an integer index into 'choices' (0..{len(ch) - 1}), got {a!r}"
+    return None
+
+
+def read_probes(path):
+    """A multiple-choice probe file: one JSON object per line (blank lines skipped)."""
+    if not os.path.exists(path):
+        raise SystemExit(f"error: probe file {path} not found")
+    items = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SystemExit(f"error: {path} line {n}: not UTF-8 (byte {e.start} of the line)")
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise SystemExit(f"error: {path} line {n}: not valid JSON ({e}); expected {PROBE_FORMAT}")
+            problem = _probe_problem(obj)
+            if problem:
+                raise SystemExit(f"error: {path} line {n}: {problem}; expected {PROBE_FORMAT}")
+            items.append(obj)
+    if not items:
+        raise SystemExit(f"error: probe file {path} holds no probes; expected lines {PROBE_FORMAT}")
+    return items
+
+# ------------------------------------------------------------------------------------------------
+# running a model
+
+class Scorer:
+    """One model on many short texts. Each sequence of ids starts with end-of-text (a new document); one
+    longer than block_size is cropped from the left, keeping what is scored."""
+
+    def __init__(self, model, main_tok, side_toks, device, batch_size, autocast=nullcontext(), name=""):
+        self.model, self.main_tok, self.side_toks, self.device = model, main_tok, side_toks, device
+        self.batch_size, self.autocast, self.name = batch_size, autocast, name
+        self.T, self.V = model.config.block_size, main_tok.vocab_size
+        self.budgets = [(t, s.budget) for t, s in zip(side_toks, model.config.streams)]
+        self.lost = np.zeros(len(side_toks), np.int64)  # tokens that could not see all their bytes
+
+    def corpus(self, ids):
+        # the side streams are rebuilt from the bytes that the ids spell
+        return Corpus.from_bytes(self.main_tok.decode(ids), self.main_tok, self.side_toks, main_ids=ids)
+
+    def inputs(self, entries):
+        """Model inputs for windows (corpus, p, n): n inputs from token p, padded to the longest."""
+        width = max(n for _, _, n in entries)
+        batch = collate([c.window(p, width, self.budgets, n=n) for c, p, n in entries])
+        inputs = batch_inputs(batch, self.device)
+        # drop the side streams' trailing padding: no token reads it, and causal attention over a stream
+        # leaves earlier elements as they are; short windows then cost little
+        sides = []
+        for ids, end, known in inputs["sides"]:
+            k = max(1, int((end < INT32_MAX).sum(1).max()))
+            sides.append((ids[:, :k].contiguous(), end[:, :k].contiguous(), known[:, :k].contiguous()))
+        inputs["sides"] = sides
+        self.lost += batch["lost"].sum(0).numpy()
+        return inputs, batch
+
+    def chunks(self, lengths, what=""):
+        """Batches of indices, similar lengths together; progress on stderr for long runs."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        out = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        t0 = time.time()
+        for k, chunk in enumerate(out):
+            yield chunk
+            if what and time.time() - t0 > 2:
+                print(f"\r  [{self.name}] {what}: {min(len(order), (k + 1) * self.batch_size)}/{len(order)}",
+                      end="", file=sys.stderr, flush=True)
+        if what and time.time() - t0 > 2:
+            print(file=sys.stderr)
+
+    @torch.no_grad()
+    def continuation_losses(self, seqs, what=""):
+        """seqs: (ids, m). Per sequence, the losses (nats) of its last m ids, each given all ids before it."""
+        out = [None] * len(seqs)
+        for chunk in self.chunks([len(s[0]) for s in seqs], what):
+            entries = []
+            for i in chunk:
+                ids, m = seqs[i]
+                n = min(len(ids) - 1, self.T)
+                if not 0 < m <= n:
+                    raise ValueError(f"a scored continuation of {m} tokens does not fit into block_size {self.T}: "
+                                     f"use shorter continuations (--cont_chars) or probe choices")
+                entries.append((self.corpus(ids), len(ids) - 1 - n, n))
+            inputs, _ = self.inputs(entries)
+            with self.autocast:
+                _, loss = self.model(**inputs, reduction="none")
+            loss = loss.float().cpu().numpy()
+            for row, i in enumerate(chunk):
+                n, m = entries[row][2], seqs[i][1]
+                out[i] = loss[row, n - m:n].astype(np.float64)
+        return out
+
+    @torch.no_grad()
+    def next_ids(self, seqs):
+        """The most likely next token (over the real vocabulary) after each sequence of ids."""
+        out = [None] * len(seqs)
+        for chunk in self.chunks([len(s) for s in seqs]):
+            entries = [(self.corpus(seqs[i]), max(0, len(seqs[i]) - self.T), min(len(seqs[i]), self.T)) for i in chunk]
+            inputs, _ = self.inputs(entries)
+            inputs["targets"] = None
+            with self.autocast:
+                logits, _ = self.model(**inputs)
+            last = torch.tensor([n - 1 for _, _, n in entries], device=logits.device)
+            picked = logits[torch.arange(len(chunk), device=logits.device), last, : self.V].argmax(-1)
+            for row, i in enumerate(chunk):
+                out[i] = int(picked[row])
+        return out
+
+    def greedy(self, seqs, max_new, what=""):
+        """Greedy continuation of each sequence, until it holds a newline or end-of-text or has max_new[i]
+        tokens. Returns the generated bytes (end-of-text as 0xFF)."""
+        ids = [list(s) for s in seqs]
+        gen = [b"" for _ in seqs]
+        active = [i for i in range(len(seqs)) if max_new[i] > 0]
+        step, t0 = 0, time.time()
+        while active:
+            nxt = self.next_ids([ids[i] for i in active])
+            for i, t in zip(active, nxt):
+                ids[i].append(t)
+                gen[i] += self.main_tok.token_bytes[t]
+            step += 1
+            active = [i for i in active if step < max_new[i] and b"\n" not in gen[i] and bytes([EOT_BYTE]) not in gen[i]]
+            if what and time.time() - t0 > 2:
+                print(f"\r  [{self.name}] {what}: step {step}, {len(active)} running ", end="", file=sys.stderr, flush=True)
+        if what and time.time() - t0 > 2:
+            print(file=sys.stderr)
+        return gen
+
+    def choice_scores(self, items, what=""):
+        """items: (context, choices) strings. Per item, (summed log-likelihood, log-likelihood per byte) of
+        each choice given the context; context and choice are tokenized apart (canonical tokens of each)."""
+        tok, seqs, where = self.main_tok, [], []
+        for k, (context, choices) in enumerate(items):
+            ctx = [tok.eot] + tok.encode(context)
+            for c in choices:
+                ids = tok.encode(c)
+                seqs.append((ctx + ids, len(ids)))
+                where.append((k, len(c.encode("utf-8"))))
+        losses = self.continuation_losses(seqs, what)
+        out = [[] for _ in items]
+        for (k, nbytes), loss in zip(where, losses):
+            ll = -float(loss.sum())
+            out[k].append((ll, ll / nbytes))
+        return out
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+
+def text_bpb(scorer, data):
+    """Bits per byte of `data` (documents, each preceded by 0xFF): non-overlapping windows of block_size
+    tokens from the start (the last one shorter), every target but end-of-text counted, as train.py's val bpb."""
+    tok = scorer.main_tok
+    corpus = Corpus.from_bytes(data, tok, scorer.side_toks)
+    T, starts = scorer.T, list(range(0, corpus.n_tokens - 1, scorer.T))
+    lost0 = scorer.lost.copy()
+    nats, nbytes = 0.0, 0
+    with torch.no_grad():
+        for chunk in scorer.chunks([0] * len(starts), "text bpb windows"):
+            entries = [(corpus, starts[i], min(T, corpus.n_tokens - 1 - starts[i])) for i in chunk]
+            inputs, batch = scorer.inputs(entries)
+            with scorer.autocast:
+                _, loss = scorer.model(**inputs, reduction="none")
+            tb = batch["target_bytes"].to(loss.device)
+            nats += float(loss.float()[tb > 0].double().sum())
+            nbytes += int(tb.sum())
+    if nbytes == 0:
+        raise SystemExit("error: the text is too short to score (it needs at least two tokens)")
+    return dict(bpb=nats / (LN2 * nbytes), bytes=nbytes, tokens=int(corpus.n_tokens), windows=len(starts),
+                lost_tokens=(scorer.lost - lost0).tolist())
+
+
+def pairs_bpb(scorer, contexts, conts, what):
+    """bpb of the continuations, each after its context (given as ids), pooled over all pairs."""
+    tok = scorer.main_tok
+    seqs = [([tok.eot] + list(c) + list(k), len(k)) for c, k in zip(contexts, conts)]
+    losses = scorer.continuation_losses(seqs, what)
+    nbytes = sum(len(tok.decode(k)) for k in conts)
+    return sum(float(l.sum()) for l in losses) / (LN2 * nbytes)
+
+
+def noise_robustness(scorer, pairs, kinds, seed):
+    tok = scorer.main_tok
+    conts = [tok.encode(c) for _, c in pairs]
+    clean = pairs_bpb(scorer, [tok.encode(x) for x, _ in pairs], conts, "noise: clean")
+    out = {"clean_bpb": clean, "kinds": {}}
+    for kind, rate in kinds.items():
+        noisy = [noise(x, kind, rate, f"{seed}/{i}") for i, (x, _) in enumerate(pairs)]
+        bpb = pairs_bpb(scorer, [tok.encode(x) for x in noisy], conts, f"noise: {kind}")
+        out["kinds"][kind] = dict(rate=rate, bpb=bpb, delta=bpb - clean,
+                                  context_chars=float(np.mean([len(x) for x in noisy])))
+    return out
+
+
+def segmentation_robustness(scorer, pairs, rates, seed):
+    tok = scorer.main_tok
+    conts = [tok.encode(c) for _, c in pairs]
+    canon = [tok.encode(x) for x, _ in pairs]
+    base = pairs_bpb(scorer, canon, conts, "segmentation: canonical")
+    out = {"canonical_bpb": base, "context_tokens": sum(map(len, canon)), "rates": {}}
+    if tok.enc is None:
+        out["note"] = "byte-level main tokenizer: no token can be split"
+    for rate in rates:
+        split = [noncanonical(tok, c, rate, f"{seed}/{i}") for i, c in enumerate(canon)]
+        bpb = pairs_bpb(scorer, [s for s, _ in split], conts, f"segmentation: rate {rate}") if tok.enc else base
+        out["rates"][str(rate)] = dict(rate=rate, bpb=bpb, delta=bpb - base, tokens_split=sum(k for _, k in split),
+                                       context_tokens=sum(len(s) for s, _ in split))
+    return out
+
+
+def accuracy(scores, labels):
+    """Accuracy by summed and by per-byte log-likelihood (ties count against the answer)."""
+    acc = lambda j: float(np.mean([all(s[label][j] > x[j] for m, x in enumerate(s) if m != label)
+                                   for s, label in zip(scores, labels)]))
+    return acc(0), acc(1)
+
+
+def char_tasks(scorer, items):
+    """items: family -> tasks.eval_items(...). Accuracy against distractors and greedy exact match."""
+    tok, out = scorer.main_tok, {}
+    for family, its in items.items():
+        if not its:
+            continue
+        scores = scorer.choice_scores([(it["context"], it["choices"]) for it in its], f"tasks: {family} choices")
+        acc, acc_norm = accuracy(scores, [it["label"] for it in its])
+        seqs = [[tok.eot] + tok.encode(it["context"]) for it in its]
+        gen = scorer.greedy(seqs, [len(tok.encode(it["answer"])) + 4 for it in its], f"tasks: {family} generation")
+        exact = []
+        for g, it in zip(gen, its):
+            head = re.split(rb"[\n\xff]", g, maxsplit=1)
+            exact.append(len(head) == 2 and head[0] == it["answer"].encode("utf-8"))  # the answer, then the line ends
+        out[family] = dict(n=len(its), acc=acc, acc_norm=acc_norm, exact=float(np.mean(exact)),
+                           chance=float(np.mean([1 / len(it["choices"]) for it in its])),
+                           examples=[dict(context=it["context"], answer=it["answer"],
+                                          generated=g.decode("utf-8", "replace")) for it, g in zip(its[:3], gen)])
+    fams = [f for f in out]
+    if fams:
+        out["mean"] = {k: float(np.mean([out[f][k] for f in fams])) for k in ("acc", "acc_norm", "exact", "chance")}
+        out["mean"]["n"] = sum(out[f]["n"] for f in fams)
+    return out
+
+
+def probes(scorer, files):
+    out = {}
+    for name, (path, items) in files.items():
+        scores = scorer.choice_scores([(it["context"], it["choices"]) for it in items], f"probe {name}")
+        acc, acc_norm = accuracy(scores, [it["answer"] for it in items])
+        out[name] = dict(path=path, n=len(items), acc=acc, acc_norm=acc_norm,
+                         chance=float(np.mean([1 / len(it["choices"]) for it in items])))
+    return out
+
+# ------------------------------------------------------------------------------------------------
+# report
+
+def markdown_table(results):
+    names = list(results)
+    rows = []
+    get = lambda name, *keys: functools.reduce(lambda d, k: d.get(k, {}) if isinstance(d, dict) else {},
+                                               keys, results[name])
+    fmt = lambda v, f="{:.4f}": "" if v == {} or v is None else f.format(v)
+    row = lambda label, fn: rows.append([label] + [fn(n) for n in names])
+    row("step", lambda n: fmt(get(n, "info", "step"), "{}"))
+    row("parameters", lambda n: fmt(get(n, "info", "params") / 1e6, "{:.2f}M") if get(n, "info", "params") != {} else "")
+    row("side streams", lambda n: ", ".join(get(n, "info", "streams")) or "none")
+    if any(get(n, "text") != {} for n in names):
+        row("text bpb", lambda n: fmt(get(n, "text", "bpb")))
+    first = next((results[n] for n in names if "noise" in results[n]), None)
+    if first:
+        row("noise: clean context, continuation bpb", lambda n: fmt(get(n, "noise", "clean_bpb")))
+        for kind, v in first["noise"]["kinds"].items():
+            row(f"noise: {kind} {v['rate']:g}, bpb (Δ)",
+                lambda n, k=kind: f"{get(n, 'noise', 'kinds', k, 'bpb'):.4f} ({get(n, 'noise', 'kinds', k, 'delta'):+.4f})")
+    first = next((results[n] for n in names if "segmentation" in results[n]), None)
+    if first:
+        row("segmentation: canonical, continuation bpb", lambda n: fmt(get(n, "segmentation", "canonical_bpb")))
+        for key, v in first["segmentation"]["rates"].items():
+            row(f"segmentation: rate {v['rate']:g}, bpb (Δ)",
+                lambda n, k=key: f"{get(n, 'segmentation', 'rates', k, 'bpb'):.4f} "
+                                 f"({get(n, 'segmentation', 'rates', k, 'delta'):+.4f})")
+    first = next((results[n] for n in names if results[n].get("tasks")), None)
+    if first:
+        for fam, v in first["tasks"].items():
+            label = "tasks: mean" if fam == "mean" else f"task: {fam}"
+            row(f"{label}, acc / exact (chance {v['chance']:.2f})",
+                lambda n, f=fam: f"{get(n, 'tasks', f, 'acc'):.3f} / {get(n, 'tasks', f, 'exact'):.3f}")
+    first = next((results[n] for n in names if results[n].get("probes")), None)
+    if first:
+        for name, v in first["probes"].items():
+            row(f"probe: {name}, acc / acc_norm (chance {v['chance']:.2f})",
+                lambda n, p=name: f"{get(n, 'probes', p, 'acc'):.3f} / {get(n, 'probes', p, 'acc_norm'):.3f}")
+    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+# ------------------------------------------------------------------------------------------------
+
+GROUPS = ("text", "noise", "segmentation", "tasks", "probes")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="training output folders (or checkpoint files)")
+    p.add_argument("--text", nargs="+", default=["shakespeare"],
+                   help="text to evaluate on: a folder written by prepare.py, or any source prepare.py accepts "
+                        "('shakespeare', 'fineweb-edu', .txt/.jsonl files, folders, globs)")
+    p.add_argument("--text_split", default="auto", help="val, train or all (auto: val of prepared folders and "
+                   "built-in sources, all of files)")
+    p.add_argument("--max_bytes", type=int, default=300_000, help="use at most this many bytes of the text")
+    p.add_argument("--fineweb_files", type=int, default=1)
+    p.add_argument("--skip", nargs="*", default=[], choices=GROUPS, help="metric groups to leave out")
+    p.add_argument("--pairs", type=int, default=200, help="context/continuation pairs for noise and segmentation")
+    p.add_argument("--ctx_chars", type=int, default=400, help="context length in characters (about)")
+    p.add_argument("--cont_chars", type=int, default=100, help="continuation length in characters (about)")
+    p.add_argument("--noise", default=",".join(f"{k}:{v:g}" for k, v in NOISE_DEFAULTS.items()),
+                   help="kind:rate,... of " + ", ".join(NOISE_DEFAULTS) + " (or none)")
+    p.add_argument("--seg_rates", default="0.25,1", help="rates of non-canonical segmentation, comma-separated")
+    p.add_argument("--words", default=None, help="word list or any text file for the character tasks (default: "
+                   "<text folder>/task_words.txt when prepare.py wrote one, else words of the text)")
+    p.add_argument("--task_items", type=int, default=100, help="items per task family (held-out words)")
+    p.add_argument("--families", default=",".join(tasks.FAMILIES), help="task families, comma-separated")
+    p.add_argument("--probes", nargs="*", default=[], help="multiple-choice JSONL files " + PROBE_FORMAT)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", help="float32, or bfloat16 (autocast; faster on GPUs, but its "
+                   "rounding can blur the small differences this script measures)")
+    p.add_argument("--json", default="eval.json", help="where to write every number and setting")
+    p.add_argument("--md", default=None, help="also write the markdown table here")
+    args = p.parse_args(argv)
+
+    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    device_type = "cuda" if device.startswith("cuda") else device
+    dtype = args.dtype
+    if dtype not in ("bfloat16", "float32"):
+        raise SystemExit("error: --dtype must be float32 or bfloat16")
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    skip = set(args.skip)
+    kinds = parse_noise(args.noise)
+    try:
+        seg_rates = [float(r) for r in args.seg_rates.split(",") if r.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --seg_rates {args.seg_rates!r} is not a comma-separated list of numbers")
+    if not all(0 <= r <= 1 for r in seg_rates):
+        raise SystemExit("error: --seg_rates must lie between 0 and 1")
+    families = [f for f in args.families.split(",") if f]
+    bad = [f for f in families if f not in tasks.FAMILIES]
+    if bad:
+        raise SystemExit(f"error: unknown task families {bad}; families: {', '.join(tasks.FAMILIES)}")
+    if len(set(args.checkpoints)) < len(args.checkpoints):
+        raise SystemExit("error: a checkpoint is named twice")
+    for path in args.checkpoints:  # fail before any long work
+        if not os.path.exists(os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path):
+            raise SystemExit(f"error: no checkpoint at {path}: pass a training out_dir (holding ckpt.pt) or a file")
+    probe_files = {}
+    for path in args.probes:
+        name = os.path.basename(path).split(".")[0]
+        while name in probe_files:
+            name += "'"
+        probe_files[name] = (path, read_probes(path))
+
+    # ---- inputs shared by every checkpoint
+    settings = dict(vars(args), device=device, dtype=dtype, noise=kinds, seg_rates=seg_rates, families=families,
+                    torch=torch.__version__)
+    words_file = args.words
+    if words_file is None and len(args.text) == 1 and os.path.exists(os.path.join(args.text[0], "task_words.txt")):
+        words_file = os.path.join(args.text[0], "task_words.txt")  # the list prepare.py made its task documents from
+    need_text = not {"text", "noise", "segmentation"} <= skip or ("tasks" not in skip and not words_file)
+    docs = text_documents(args.text, args.text_split, args.max_bytes, args.fineweb_files) if need_text else []
+    texts = [d.decode("utf-8", "replace") for d in docs]
+    settings["text_docs"], settings["text_bytes"] = len(docs), sum(map(len, docs))
+    pairs = make_pairs(texts, args.pairs, args.ctx_chars, args.cont_chars, args.seed) \
+        if not {"noise", "segmentation"} <= skip else []
+    settings["n_pairs"] = len(pairs)
+    task_items = {}
+    if "tasks" not in skip:
+        try:
+            words = tasks.load_words(words_file) if words_file else tasks.words_from_text(texts)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: --words: {e}")
+        heldout = tasks.split_words(words)[1]
+        if not heldout:
+            raise SystemExit("error: the word list has no held-out words: give a longer list with --words")
+        task_items = {f: tasks.eval_items(words, f, args.task_items, args.seed) for f in families}
+        short = {f: len(v) for f, v in task_items.items() if len(v) < args.task_items}
+        if short:
+            print(f"warning: too few held-out words for {args.task_items} items: {short}", file=sys.stderr)
+        settings["tasks"] = dict(words_source=words_file or "words of the text (twice or more)", n_words=len(words),
+                                 n_heldout_words=len(heldout), heldout_percent=tasks.HELDOUT_PERCENT,
+                                 heldout_salt=tasks.HELDOUT_SALT, n_choices=tasks.N_CHOICES,
+                                 items={f: len(v) for f, v in task_items.items()})
+    data = b"".join(bytes([EOT_BYTE]) + d for d in docs)
+
+    # ---- each checkpoint
+    toks, results = {}, {}
+    for path in args.checkpoints:
+        t0 = time.time()
+        model, ckpt = load_checkpoint(path, device)
+        model.attention = "sdpa"  # dense masks handle any length; evaluation windows are short
+        c = model.config
+        for spec in [c.tokenizer] + [s.tokenizer for s in c.streams]:
+            if spec not in toks:
+                toks[spec] = Tokenizer(spec)
+            trained = ckpt.get("tokenizers", {}).get(spec)
+            if trained != toks[spec].fingerprint:
+                raise SystemExit(f"error: {path}: tokenizer {spec!r} here differs from the one the model was trained "
+                                 f"with (fingerprint {toks[spec].fingerprint}, checkpoint {trained})")
+        main_tok, side_toks = toks[c.tokenizer], [toks[s.tokenizer] for s in c.streams]
+        scorer = Scorer(model, main_tok, side_toks, device, args.batch_size, autocast, name=path)
+        res = {"info": dict(path=path, step=ckpt.get("step"), best_val_loss=ckpt.get("best_val_loss"),
+                            tokenizer=c.tokenizer, block_size=c.block_size, streams=[s.tokenizer for s in c.streams],
+                            params=sum(p.numel() for p in model.parameters()))}
+        print(f"[{path}] step {res['info']['step']}, {res['info']['params'] / 1e6:.2f}M parameters, "
+              f"tokenizer {c.tokenizer}, streams {res['info']['streams'] or 'none'}", file=sys.stderr)
+        stages = [("text", lambda: text_bpb(scorer, data)),
+                  ("noise", lambda: noise_robustness(scorer, pairs, kinds, args.seed)),
+                  ("segmentation", lambda: segmentation_robustness(scorer, pairs, seg_rates, args.seed)),
+                  ("tasks", lambda: char_tasks(scorer, task_items)),
+                  ("probes", lambda: probes(scorer, probe_files) if probe_files else None)]
+        for name, run in stages:
+            if name in skip:
+                continue
+            t1 = time.time()
+            try:
+                value = run()
+            except ValueError as e:
+                raise SystemExit(f"error: {path}, {name}: {e}")
+            if value is not None:
+                res[name] = value
+                print(f"[{path}] {name} done in {time.time() - t1:.1f}s", file=sys.stderr)
+        res["info"]["lost_tokens"] = scorer.lost.tolist()
+        res["info"]["seconds"] = time.time() - t0
+        results[path] = res
+        del model, scorer
+        if device_type == "cuda":
+            torch.cuda.empty_cache()
+
+    table = markdown_table(results)
+    print(table)
+    out = {"settings": settings, "checkpoints": results}
+    if os.path.dirname(args.json):
+        os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json + ".tmp", "w") as f:
+        json.dump(out, f, indent=1)
+    os.replace(args.json + ".tmp", args.json)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(table + "\n")
+    print(f"wrote {args.json}" + (f" and {args.md}" if args.md else ""), file=sys.stderr)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""train.py end to end on CPU: learning, exact resume after an interrupt, DDP, and clear errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, args, run_inprocess, tiny_bpe, val_losses, weights
+
+sys.path.insert(0, ROOT)
+import train  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
+
+def test_training_lowers_val_loss(trained):
+    losses = val_losses(trained)
+    assert len(losses) == 4
+    assert losses[-1] < losses[0] - 1.5, losses
+
+
+def test_resume_after_interrupt_matches_uninterrupted(dataset, toks, tmp_path):
+    """Ctrl-C mid-run writes a checkpoint; --init_from=resume then ends with the very same weights."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    run_inprocess(args(dataset, toks, full, max_iters=40))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "train.py"] + args(dataset, toks, cut, max_iters=40), cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in p.stdout:
+        out.append(line)
+        if line.startswith("step 3/"):
+            p.send_signal(signal.SIGINT)
+    p.wait()
+    log = "".join(out)
+    assert p.returncode == 0, log
+    stopped = int(log.split("stopped at step ")[1].split(";")[0])
+    assert 3 <= stopped < 40, log
+    run_inprocess([f"--out_dir={cut}", "--init_from=resume"])
+    a, b = weights(full), weights(cut)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+
+
+def test_ddp_two_processes_match_one(dataset, toks, tmp_path):
+    """torchrun with 2 CPU processes (gloo), 2 windows each, equals 1 process with 2 micro-steps of 2."""
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    common = dict(batch_size=2, total_batch_size=128, max_iters=3, eval_interval=100)
+    run_inprocess(args(dataset, toks, single, **common))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    r = subprocess.run(cmd + args(dataset, toks, ddp, **common), cwd=ROOT, capture_output=True, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 process(es)" in r.stdout
+    a, b = weights(single), weights(ddp)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
+    ckpt = torch.load(os.path.join(single, "ckpt.pt"), weights_only=False)
+    torch.manual_seed(ckpt["config"]["seed"])  # the initialization both runs started from
+    init = GPT(GPTConfig(**ckpt["model_config"])).state_dict()
+    assert not torch.equal(init["blocks.0.attn.q.weight"], a["blocks.0.attn.q.weight"]), "no training happened"
+
+
+def expect_exit(argv, *fragments):
+    with pytest.raises(SystemExit) as e:
+        run_inprocess(argv)
+    for f in fragments:
+        assert f in str(e.value), str(e.value)
+
+
+def test_clear_errors(dataset, toks, trained, tmp_path):
+    expect_exit(args(dataset, toks, tmp_path / "a") + ["--n_layers=3"], "unknown config key 'n_layers'",
+                "n_layer")  # the message lists the valid keys
+    expect_exit(args(dataset, toks, tmp_path / "a", max_iters="many"), "max_iters='many'", "int")
+    expect_exit(args(dataset, toks, tmp_path / "a", data_dir=str(tmp_path / "nowhere")), "does not exist",
+                "prepare.py")
+    expect_exit(args(dataset, toks, tmp_path / "a", tokenizer=toks["bpe400"].spec), "no main stream", "bpe400")
+    other = tiny_bpe(str(tmp_path / "bpe300.tiktoken"), 300, texts=["another text, other merges " * 20])
+    expect_exit(args(dataset, toks, tmp_path / "a", tokenizer=other.spec), "prepared with tokenizer",
+                "fingerprint")  # same name, other merges
+    expect_exit(args(dataset, toks, tmp_path / "a", block_size=100000), "too few for block_size")
+    expect_exit(args(dataset, toks, tmp_path / "a", total_batch_size=100), "not a multiple")
+    expect_exit(args(dataset, toks, tmp_path / "a", attention="flex",
+                     streams=[dict(tokenizer="bytes", n_layer=1, n_head=4, n_embd=32)]), "at least 16")
+    expect_exit(args(dataset, toks, tmp_path / "a", streams=[dict(tokenizer="bytes", layers=[0])]),
+                "unknown stream option", "cross_layers")
+    expect_exit(args(dataset, toks, trained), "exists", "--init_from=resume")  # would overwrite a run
+    expect_exit([f"--out_dir={trained}", "--init_from=resume", "--n_embd=64"], "different architecture", "n_embd")
+    expect_exit([f"--out_dir={tmp_path / 'none'}", "--init_from=resume"], "does not exist")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "ckpt.pt").write_bytes(b"half a checkpoint")
+    expect_exit([f"--out_dir={tmp_path / 'bad'}", "--init_from=resume"], "not a readable checkpoint")
+
+
+def test_config_files_and_overrides(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("n_layer = 3\nstreams = []\n_helper = 5\n")
+    cfg, given = train.parse_config([str(f), "--n_layer=4", "--learning_rate=1e-3", "--compile=False"])
+    assert cfg["n_layer"] == 4 and cfg["streams"] == [] and cfg["compile"] is False
+    assert given == {"n_layer", "streams", "learning_rate", "compile"}
+    for name in os.listdir(os.path.join(ROOT, "config")):  # every shipped config parses
+        train.parse_config([os.path.join(ROOT, "config", name)])
