@@ -15,6 +15,7 @@ a value that never occurs in UTF-8.
 import base64
 import glob
 import hashlib
+import heapq
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -193,29 +194,48 @@ class Tokenizer:
 
 
 def train_bpe(texts, vocab_size):
-    """A small byte-level BPE trainer (GPT-2 style merges over pre-split chunks). Returns tiktoken ranks."""
+    """A byte-level BPE trainer (GPT-2 style merges within pre-split chunks). Returns tiktoken ranks.
+    Pair counts are updated only for the words a merge touches; a lazy max-heap finds the next pair."""
     assert vocab_size >= 256, "vocab_size must be at least 256 (all single bytes)"
     chunks = Counter()
     for text in texts:
         chunks.update(m.encode("utf-8") for m in re.findall(PROJECT_BPE_PATTERN, text))
     words = [[bytes([b]) for b in w] for w in chunks]
     counts = list(chunks.values())
+    pairs, where = Counter(), defaultdict(set)  # pair -> count; pair -> indices of words holding it
+
+    def tally(i, sign):
+        for pair in zip(words[i], words[i][1:]):
+            pairs[pair] += sign * counts[i]
+            if sign > 0:
+                where[pair].add(i)
+
+    for i in range(len(words)):
+        tally(i, +1)
+    # most frequent first; ties go to the smallest pair, so training is deterministic
+    heap = [(-n, pair) for pair, n in pairs.items()]
+    heapq.heapify(heap)
     ranks = {bytes([i]): i for i in range(256)}
-    while len(ranks) < vocab_size:
-        pairs = Counter()
-        for w, c in zip(words, counts):
-            for a, b in zip(w, w[1:]):
-                pairs[a, b] += c
-        if not pairs:
-            break
-        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))  # ties broken deterministically
+    while len(ranks) < vocab_size and heap:
+        n, (a, b) = heapq.heappop(heap)
+        if -n != pairs[a, b] or n == 0:
+            continue  # stale entry: this pair's count changed since it was pushed
         ranks[a + b] = len(ranks)
-        for w in words:
-            i = 0
-            while i < len(w) - 1:
-                if w[i] == a and w[i + 1] == b:
-                    w[i:i + 2] = [a + b]
-                i += 1
+        changed = set()
+        for i in where.pop((a, b)):
+            changed.update(zip(words[i], words[i][1:]))
+            tally(i, -1)
+            w, j = words[i], 0
+            while j < len(w) - 1:
+                if w[j] == a and w[j + 1] == b:
+                    w[j:j + 2] = [a + b]
+                j += 1
+            tally(i, +1)
+            changed.update(zip(w, w[1:]))
+        del pairs[a, b]
+        for pair in changed - {(a, b)}:  # counts went up or down: re-queue them at their new counts
+            if pairs[pair] > 0:
+                heapq.heappush(heap, (-pairs[pair], pair))
     return ranks
 
 

@@ -285,3 +285,28 @@ def test_error_offsets_do_not_end_at_the_byte_count(copy, toks):
     data.write_array(path, bad, {k: v for k, v in header.items() if k not in ("dtype", "count")})
     with pytest.raises(DataError, match="offsets do not match its ids"):
         Corpus.load(copy, "train", toks["bpe300"], [])
+
+
+def test_train_bpe_matches_a_direct_recount():
+    """The incremental trainer picks, merge after merge, the pair a full recount finds most frequent."""
+    import re
+    from collections import Counter
+    from data import PROJECT_BPE_PATTERN, train_bpe
+    texts = [PLAIN, *HARD_DOCS]
+    ranks = train_bpe(texts, 300)
+    words = Counter(m.encode() for t in texts for m in re.findall(PROJECT_BPE_PATTERN, t))
+    split = {w: [bytes([b]) for b in w] for w in words}
+    for token in sorted(ranks, key=ranks.get)[256:]:
+        pairs = Counter()
+        for w, parts in split.items():
+            for a, b in zip(parts, parts[1:]):
+                pairs[a, b] += words[w]
+        best = max(pairs.values())
+        a, b = min(p for p, n in pairs.items() if n == best)  # ties: the smallest pair
+        assert a + b == token
+        for parts in split.values():
+            j = 0
+            while j < len(parts) - 1:
+                if parts[j] == a and parts[j + 1] == b:
+                    parts[j:j + 2] = [a + b]
+                j += 1
