@@ -13,6 +13,7 @@ Documents are joined by the end-of-text token, whose bytes in the byte stream ar
 a value that never occurs in UTF-8.
 """
 import base64
+import functools
 import glob
 import hashlib
 import heapq
@@ -158,8 +159,9 @@ class Tokenizer:
             self._lengths = np.array([len(b) for b in self.token_bytes], dtype=np.int64)
         return self._lengths
 
-    @property
+    @functools.cached_property
     def fingerprint(self):
+        """identifies the vocabulary and split pattern: data made with another tokenizer is refused"""
         h = hashlib.sha256(self.spec.encode() if self.enc is None else self.enc._pat_str.encode())
         for b in self.token_bytes:
             h.update(len(b).to_bytes(2, "little") + b)
