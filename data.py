@@ -430,8 +430,11 @@ class Corpus:
                 ids, ends, known = self.data[m0:m0 + k], np.arange(m0 + 1, m0 + k + 1), None
             else:
                 sid, sst, skn = self.sides[stream_key(tok, True)]
-                m0 = int(np.searchsorted(sst, b0, side="right")) - 1  # the element holding byte b0
-                m1 = int(np.searchsorted(sst, b1, side="left"))
+                # search with a value of the array's own dtype: a Python int makes NumPy convert the
+                # whole (memory-mapped) array first, ~30 ms per call on a 50 MB corpus
+                at = sst.dtype.type
+                m0 = int(np.searchsorted(sst, at(b0), side="right")) - 1  # the element holding byte b0
+                m1 = int(np.searchsorted(sst, at(b1), side="left"))
                 k = min(m1 - m0, budget)
                 ids, ends, known = sid[m0:m0 + k], sst[m0 + 1:m0 + k + 1], skn[m0:m0 + k]
             x = np.zeros(budget, np.int64)
@@ -448,10 +451,11 @@ class Corpus:
         return out
 
 
-def collate(windows):
-    """Stack per-window arrays into a batch of torch tensors; 'sides' is a list of (ids, end, known)."""
+def collate(windows, pin=False):
+    """Stack per-window arrays into a batch of torch tensors; 'sides' is a list of (ids, end, known).
+    pin: page-locked memory, so that copies to a GPU run asynchronously (a pageable copy waits for the GPU)."""
     import torch
-    stack = lambda arrays: torch.from_numpy(np.stack(arrays))
+    stack = lambda arrays: (lambda t: t.pin_memory() if pin else t)(torch.from_numpy(np.stack(arrays)))
     out = {key: stack([w[key] for w in windows]) for key in windows[0] if key != "sides"}
     out["sides"] = [tuple(stack([w["sides"][s][j] for w in windows]) for j in range(3))
                     for s in range(len(windows[0]["sides"]))]

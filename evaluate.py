@@ -327,9 +327,9 @@ class Scorer:
     """One model on many short texts. Each sequence of ids starts with end-of-text (a new document); one
     longer than block_size is cropped from the left, keeping what is scored."""
 
-    def __init__(self, model, main_tok, side_toks, device, batch_size, autocast=nullcontext(), name=""):
+    def __init__(self, model, main_tok, side_toks, device, batch_tokens, autocast=nullcontext(), name=""):
         self.model, self.main_tok, self.side_toks, self.device = model, main_tok, side_toks, device
-        self.batch_size, self.autocast, self.name = batch_size, autocast, name
+        self.batch_tokens, self.autocast, self.name = batch_tokens, autocast, name
         self.T, self.V = model.config.block_size, main_tok.vocab_size
         self.budgets = [(t, s.budget) for t, s in zip(side_toks, model.config.streams)]
         self.lost = np.zeros(len(side_toks), np.int64)  # tokens that could not see all their bytes
@@ -354,15 +354,20 @@ class Scorer:
         return inputs, batch
 
     def chunks(self, lengths, what=""):
-        """Batches of indices, similar lengths together; progress on stderr for long runs."""
+        """Batches of indices, similar lengths together, each at most batch_tokens once padded (the logits,
+        batch x length x vocabulary, are what fills memory); progress on stderr for long runs."""
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        out = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        t0 = time.time()
-        for k, chunk in enumerate(out):
+        out = [[]]
+        for i in order:  # ascending lengths: the item just added is the longest of its batch
+            if out[-1] and (len(out[-1]) + 1) * min(lengths[i], self.T) > self.batch_tokens:
+                out.append([])
+            out[-1].append(i)
+        t0, done = time.time(), 0
+        for chunk in out:
             yield chunk
+            done += len(chunk)
             if what and time.time() - t0 > 2:
-                print(f"\r  [{self.name}] {what}: {min(len(order), (k + 1) * self.batch_size)}/{len(order)}",
-                      end="", file=sys.stderr, flush=True)
+                print(f"\r  [{self.name}] {what}: {done}/{len(order)}", end="", file=sys.stderr, flush=True)
         if what and time.time() - t0 > 2:
             print(file=sys.stderr)
 
@@ -453,7 +458,7 @@ def text_bpb(scorer, data):
     lost0 = scorer.lost.copy()
     nats, nbytes = 0.0, 0
     with torch.no_grad():
-        for chunk in scorer.chunks([0] * len(starts), "text bpb windows"):
+        for chunk in scorer.chunks([T] * len(starts), "text bpb windows"):
             entries = [(corpus, starts[i], min(T, corpus.n_tokens - 1 - starts[i])) for i in chunk]
             inputs, batch = scorer.inputs(entries)
             with scorer.autocast:
@@ -617,7 +622,7 @@ def main(argv=None):
     p.add_argument("--families", default=",".join(tasks.FAMILIES), help="task families, comma-separated")
     p.add_argument("--probes", nargs="*", default=[], help="multiple-choice JSONL files " + PROBE_FORMAT)
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_tokens", type=int, default=8192, help="tokens per forward pass (fewer: less memory)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", help="float32, or bfloat16 (autocast; faster on GPUs, but its "
                    "rounding can blur the small differences this script measures)")
@@ -702,7 +707,7 @@ def main(argv=None):
                 raise SystemExit(f"error: {path}: tokenizer {spec!r} here differs from the one the model was trained "
                                  f"with (fingerprint {toks[spec].fingerprint}, checkpoint {trained})")
         main_tok, side_toks = toks[c.tokenizer], [toks[s.tokenizer] for s in c.streams]
-        scorer = Scorer(model, main_tok, side_toks, device, args.batch_size, autocast, name=path)
+        scorer = Scorer(model, main_tok, side_toks, device, args.batch_tokens, autocast, name=path)
         res = {"info": dict(path=path, step=ckpt.get("step"), best_val_loss=ckpt.get("best_val_loss"),
                             tokenizer=c.tokenizer, block_size=c.block_size, streams=[s.tokenizer for s in c.streams],
                             params=sum(p.numel() for p in model.parameters()))}

@@ -245,6 +245,11 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(c.n_embd, padded(c.vocab_size), bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in GPT-2
         self.attention = "sdpa"  # or "flex"; a runtime choice, not part of the architecture
+        # rotary tables of the self-attention positions, computed once, not inside every compiled kernel
+        table = lambda n, width, heads: torch.stack(rope(torch.arange(n), width // heads))
+        self.register_buffer("main_rope", table(c.block_size, c.n_embd, c.n_head), persistent=False)
+        for s, sc in enumerate(c.streams):
+            self.register_buffer(f"stream_rope{s}", table(sc.budget, sc.n_embd, sc.n_head), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections, scaled by depth (GPT-2)
@@ -265,8 +270,7 @@ class GPT(nn.Module):
         assert T <= c.block_size, f"sequence of {T} tokens is longer than block_size {c.block_size}"
         assert len(sides) == len(c.streams), f"model has {len(c.streams)} side streams, got {len(sides)}"
         flex = self.attention == "flex"
-        pos = torch.arange(T, device=idx.device)
-        main_rope = rope(pos, c.n_embd // c.n_head)
+        main_rope = tuple(self.main_rope[:, :, :T])
         side_h, cross_ropes, cross_masks = [], [], []
         if flex and sides:  # one call, before any loop: a graph break inside a loop costs more
             intervals = cross_intervals(tok_start, tok_end, sides, [sc.locality for sc in c.streams])
@@ -278,7 +282,8 @@ class GPT(nn.Module):
                                                 (spos + 1)[None].int(), L)
             else:
                 self_mask = (spos[None, :] <= spos[:, None]) & (spos[:, None] - spos[None, :] < sc.window)
-            side_h.append(stream(ids, rope(spos, hd), self_mask))
+            assert L <= sc.budget, f"stream {sc.tokenizer}: {L} elements, more than its budget {sc.budget}"
+            side_h.append(stream(ids, tuple(getattr(self, f"stream_rope{s}")[:, :, :L]), self_mask))
             # rotary phases at byte offsets: attention knows how many bytes back each element ends
             cross_ropes.append((rope(tok_end, hd), rope(end, hd)))
             if flex:

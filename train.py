@@ -97,6 +97,27 @@ def parse_config(argv):
     return cfg, given
 
 
+def model_setup(cfg):
+    """The tokenizers and the model config that a train config describes (clear errors for bad values)."""
+    main_tok = Tokenizer(cfg["tokenizer"])
+    side_toks = [Tokenizer(s.get("tokenizer", "bytes")) for s in cfg["streams"]]
+    streams = [dict(s, vocab_size=t.vocab_size) for s, t in zip(cfg["streams"], side_toks)]
+    try:
+        model_config = GPTConfig(tokenizer=cfg["tokenizer"], vocab_size=main_tok.vocab_size,
+                                 **{k: cfg[k] for k in MODEL_KEYS if k not in ("tokenizer", "streams")},
+                                 streams=streams)
+    except (ValueError, TypeError) as e:
+        raise SystemExit(f"error: bad model config: {e}")
+    return main_tok, side_toks, model_config
+
+
+def check_attention(model_config, attention):
+    head_dims = [model_config.n_embd // model_config.n_head] + [s.n_embd // s.n_head for s in model_config.streams]
+    if attention == "flex" and min(head_dims) < 16:
+        raise SystemExit(f"error: fused flex attention needs head sizes of at least 16 (n_embd / n_head), got "
+                         f"{head_dims}; use fewer heads, or --attention=sdpa")
+
+
 def lr_at(it, cfg):
     if it < cfg["warmup_iters"]:
         return cfg["learning_rate"] * (it + 1) / cfg["warmup_iters"]
@@ -109,8 +130,8 @@ class Batches:
     A step's windows follow from the global position alone, which makes resume exact and gives every
     process count the same global batch."""
 
-    def __init__(self, corpus, T, streams, seed):
-        self.corpus, self.T, self.streams, self.seed = corpus, T, streams, seed
+    def __init__(self, corpus, T, streams, seed, pin=False):
+        self.corpus, self.T, self.streams, self.seed, self.pin = corpus, T, streams, seed, pin
         self.n = corpus.n_windows(T)
         self._perm = (None, None)
 
@@ -124,7 +145,7 @@ class Batches:
         return out
 
     def get(self, window_ids):
-        return collate([self.corpus.window(w * self.T, self.T, self.streams) for w in window_ids])
+        return collate([self.corpus.window(w * self.T, self.T, self.streams) for w in window_ids], self.pin)
 
 
 def main(argv):
@@ -177,15 +198,7 @@ def main(argv):
                          f"--out_dir (or delete it) to start afresh")
 
     # ---- tokenizers, data, model
-    main_tok = Tokenizer(cfg["tokenizer"])
-    side_toks = [Tokenizer(s.get("tokenizer", "bytes")) for s in cfg["streams"]]
-    streams = [dict(s, vocab_size=t.vocab_size) for s, t in zip(cfg["streams"], side_toks)]
-    try:
-        model_config = GPTConfig(tokenizer=cfg["tokenizer"], vocab_size=main_tok.vocab_size,
-                                 **{k: cfg[k] for k in MODEL_KEYS if k not in ("tokenizer", "streams")},
-                                 streams=streams)
-    except (ValueError, TypeError) as e:
-        raise SystemExit(f"error: bad model config: {e}")
+    main_tok, side_toks, model_config = model_setup(cfg)
     budgets = [(t, s.budget) for t, s in zip(side_toks, model_config.streams)]
     try:
         train_data = Corpus.load(cfg["data_dir"], "train", main_tok, side_toks)
@@ -205,10 +218,7 @@ def main(argv):
     torch.manual_seed(cfg["seed"] + rank)
     model = GPT(model_config).to(device)
     model.attention = attention
-    head_dims = [model_config.n_embd // model_config.n_head] + [s.n_embd // s.n_head for s in model_config.streams]
-    if attention == "flex" and min(head_dims) < 16:
-        raise SystemExit(f"error: fused flex attention needs head sizes of at least 16 (n_embd / n_head), got "
-                         f"{head_dims}; use fewer heads, or --attention=sdpa")
+    check_attention(model_config, attention)
     if attention == "flex" and not use_compile:
         print0("warning: flex attention without torch.compile runs an unfused, slow kernel")
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"],
@@ -244,7 +254,7 @@ def main(argv):
            f"val {val_data.n_tokens:,} | batch {cfg['total_batch_size']:,} tokens = {B} x {T} x {world} proc x {accum} accum")
     peak = next((v for k, v in PEAK_FLOPS.items() if device_type == "cuda" and k in torch.cuda.get_device_name()), None)
 
-    train_batches = Batches(train_data, T, budgets, cfg["seed"])
+    train_batches = Batches(train_data, T, budgets, cfg["seed"], pin=device_type == "cuda")
     # validation: the same evenly spaced windows every time, shared out between processes
     val_ids = np.linspace(0, val_data.n_windows(T) - 1, cfg["eval_iters"] * B * world).astype(int).tolist()
     val_batches = Batches(val_data, T, budgets, cfg["seed"])

@@ -187,6 +187,25 @@ def test_window_side_bpe_includes_the_element_straddling_the_start(toks):
     assert e[-1] >= w["tok_end"][-1] > e[-2], "the last element holds the window's last byte"
 
 
+def test_window_cost_does_not_grow_with_the_corpus(tmp_path, toks):
+    """A window reads only its own slice of the memory-mapped files. (Searching a uint32 memmap with a
+    Python int once made NumPy convert the whole array: 1 s per batch of cl100k windows on Gutenberg.)"""
+    import tracemalloc
+    docs = [PLAIN * 60] * 12  # ~0.5 MB: whole-array copies would dwarf one window's few KB
+    c = Corpus.load(prepare_hard(tmp_path, toks["bytes"], [toks["bpe400"]], train_docs=docs), "train",
+                    toks["bytes"], [toks["bpe400"]])
+    assert c.sides["bpe400.side"][1].dtype == np.uint32 and isinstance(c.sides["bpe400.side"][1], np.memmap)
+    c.window(1000, 256, [(toks["bpe400"], 300), (toks["bytes"], 300)])  # warm up
+    tracemalloc.start()
+    try:
+        for p in (1000, c.n_tokens // 2, c.n_tokens - 300):
+            c.window(p, 256, [(toks["bpe400"], 300), (toks["bytes"], 300)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert c.data.nbytes > 400_000 and peak < 100_000, f"a window allocated {peak:,} bytes"
+
+
 # ------------------------------------------------------------------------------------------------
 # clear errors
 

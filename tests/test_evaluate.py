@@ -253,7 +253,7 @@ def direct_loglik(model, tok, side_toks, ids, start):
 def test_likelihood_scoring_matches_a_direct_computation(toks):
     tok, side = toks["bpe300"], [toks["bytes"]]
     model = tiny_model(toks)
-    scorer = evaluate.Scorer(model, tok, side, "cpu", batch_size=3)
+    scorer = evaluate.Scorer(model, tok, side, "cpu", batch_tokens=60)
     items = [("The quick brown", [" fox", " dog jumps", " straw"]),
              ("", ["She sells sea shells"]),  # empty context: the choice follows end-of-text directly
              (PLAIN[:150], [" strawberry tart", " x"]),  # longer than block_size: cropped from the left
@@ -279,7 +279,7 @@ def test_likelihood_scoring_matches_a_direct_computation(toks):
 def test_greedy_generation_matches_sample_py(toks):
     tok, side = toks["bpe300"], [toks["bytes"]]
     model = tiny_model(toks, T=16)
-    scorer = evaluate.Scorer(model, tok, side, "cpu", batch_size=2)
+    scorer = evaluate.Scorer(model, tok, side, "cpu", batch_tokens=20)
     prompts = ["Spell \"straw\":", "The quick brown fox jumps over the lazy", "a"]
     seqs = [[tok.eot] + tok.encode(p) for p in prompts]
     gen = scorer.greedy(seqs, [12, 12, 12])
@@ -315,7 +315,7 @@ def test_script_end_to_end(toks, tmp_path, capsys):
     out_json, out_md = tmp_path / "res" / "eval.json", tmp_path / "eval.md"
     common = [base, byte, "--text", str(tmp_path / "text.txt"), "--words", str(tmp_path / "words.txt"),
               "--pairs", "6", "--ctx_chars", "80", "--cont_chars", "30", "--task_items", "2",
-              "--probes", str(probe), "--batch_size", "8", "--device", "cpu"]
+              "--probes", str(probe), "--batch_tokens", "300", "--device", "cpu"]
     res = evaluate.main(common + ["--noise", "drop:0,swap:0.1,antspeak", "--seg_rates", "0,0.5",
                                   "--json", str(out_json), "--md", str(out_md)])
     table = capsys.readouterr().out

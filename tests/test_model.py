@@ -87,6 +87,16 @@ def test_plain_gpt_matches_reference(toks):
         assert torch.allclose(m(x)[0], ref, atol=1e-4)
 
 
+def test_rotary_tables_stay_out_of_checkpoints(toks):
+    """The precomputed rotary tables are buffers, not weights: checkpoints hold only the weights, so
+    those written before the tables existed still load."""
+    m = make(toks, streams=[dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=32, window=8, budget=100)])
+    assert not any("rope" in k for k in m.state_dict())
+    assert m.main_rope.shape == (2, 1, 64, 8) and m.stream_rope0.shape == (2, 1, 100, 8)
+    make(toks, streams=[dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=32, window=8, budget=100)],
+         seed=1).load_state_dict(m.state_dict())
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_flex_and_sdpa_compute_the_same_function(toks, variant):
     """FlexAttention (block masks built from intervals; forward only on CPU) equals SDPA with dense masks

@@ -1,0 +1,33 @@
+"""bench.py on CPU: it times real steps of each config and says clearly when the data cannot fill a batch."""
+import math
+import sys
+
+import pytest
+
+from conftest import ROOT, args
+
+sys.path.insert(0, ROOT)
+import bench  # noqa: E402
+
+
+def test_bench_times_each_config(dataset, toks, tmp_path, capsys):
+    with_bytes, plain = tmp_path / "bytes.py", tmp_path / "plain.py"
+    with_bytes.write_text("streams = [dict(tokenizer='bytes', n_layer=1, n_head=2, n_embd=32, window=16, budget=96)]\n")
+    plain.write_text("streams = []\n")
+    over = [a for a in args(dataset, toks, tmp_path / "out") if not a.startswith("--streams=")]
+    rows = bench.main([str(with_bytes), str(plain), "--steps=2"] + over)
+    b, p = rows
+    assert b["tokens"] == p["tokens"] == 4 * 32  # batch_size x block_size
+    assert all(r["ms"] > 0 and math.isclose(r["tok_s"], r["tokens"] / r["ms"] * 1000) for r in rows)
+    assert b["params"] > p["params"] and b["gflop_per_token"] > p["gflop_per_token"]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
+    table = capsys.readouterr().out
+    assert str(with_bytes) in table and str(plain) in table and "ms/step" in table
+
+
+def test_bench_refuses_a_batch_larger_than_the_data(dataset, toks, tmp_path):
+    cfg = tmp_path / "c.py"
+    cfg.write_text("streams = []\n")
+    over = [a for a in args(dataset, toks, tmp_path / "out") if not a.startswith("--batch_size=")]
+    with pytest.raises(SystemExit, match="fewer than batch_size"):
+        bench.main([str(cfg), "--batch_size=100000", "--steps=1"] + over)
