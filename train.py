@@ -295,7 +295,9 @@ def main(argv):
 
     def on_signal(signum, frame):
         if stop["requested"]:
-            raise KeyboardInterrupt  # a second Ctrl-C: leave now
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: leave now
+            return  # schedulers and `timeout` may send SIGTERM twice (to the process, then its group)
         stop["requested"] = True
         print0(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint")
 

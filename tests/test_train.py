@@ -20,8 +20,10 @@ def test_training_lowers_val_loss(trained):
     assert losses[-1] < losses[0] - 1.5, losses
 
 
-def test_resume_after_interrupt_matches_uninterrupted(dataset, toks, tmp_path):
-    """Ctrl-C mid-run writes a checkpoint; --init_from=resume then ends with the very same weights."""
+@pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGTERM, signal.SIGTERM]], ids=["ctrl-c", "sigterm-twice"])
+def test_resume_after_interrupt_matches_uninterrupted(dataset, toks, tmp_path, signals):
+    """Ctrl-C (or SIGTERM, even repeated) mid-run writes a checkpoint; --init_from=resume then ends with
+    the very same weights."""
     full, cut = tmp_path / "full", tmp_path / "cut"
     run_inprocess(args(dataset, toks, full, max_iters=40))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -31,7 +33,10 @@ def test_resume_after_interrupt_matches_uninterrupted(dataset, toks, tmp_path):
     for line in p.stdout:
         out.append(line)
         if line.startswith("step 3/"):
-            p.send_signal(signal.SIGINT)
+            p.send_signal(signals[0])
+        if "finishing this step" in line:  # the first signal was handled: now any repeats
+            for sig in signals[1:]:
+                p.send_signal(sig)
     p.wait()
     log = "".join(out)
     assert p.returncode == 0, log
