@@ -297,7 +297,7 @@ def main(argv):
         if stop["requested"]:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C: leave now
-            return  # schedulers and `timeout` may send SIGTERM twice (to the process, then its group)
+            return  # a job's SIGTERM can come twice (sent to every process, and forwarded by torchrun)
         stop["requested"] = True
         print0(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint")
 
