@@ -17,10 +17,12 @@ import torch
 
 from data import Corpus, DataError
 from model import GPT, batch_inputs
-from train import Batches, check_attention, model_setup, parse_config, PEAK_FLOPS
+from train import PEAK_FLOPS, Batches, check_attention, model_setup, parse_config, runtime
 
 
-def bench(cfg, steps, device):
+def bench(cfg, steps):
+    device, device_type, dtype, use_compile, attention = runtime(cfg)
+    cuda = device_type == "cuda"
     main_tok, side_toks, model_config = model_setup(cfg)
     try:
         corpus = Corpus.load(cfg["data_dir"], "train", main_tok, side_toks)
@@ -34,16 +36,13 @@ def bench(cfg, steps, device):
     inputs = batch_inputs(batches.get(batches.window_ids(0, B)), device)
     torch.manual_seed(cfg["seed"])
     model = GPT(model_config).to(device)
-    cuda = device.startswith("cuda")
-    model.attention = cfg["attention"] if cfg["attention"] != "auto" else ("flex" if cuda else "sdpa")
-    check_attention(model_config, model.attention)
+    model.attention = attention
+    check_attention(model_config, attention)
     flops = model.flops_per_token()
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
-                                          "cuda" if cuda else device)
-    use_compile = cfg["compile"] if cfg["compile"] != "auto" else cuda
+                                          device_type)
     step_model = torch.compile(model) if use_compile else model
-    bf16 = cfg["dtype"] == "bfloat16" or cfg["dtype"] == "auto" and cuda and torch.cuda.is_bf16_supported()
-    autocast = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=bf16)
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def step():
@@ -74,7 +73,7 @@ def bench(cfg, steps, device):
                 tokens=B * T, ms=1000 * dt, ms_min=1000 * min(times), tok_s=B * T / dt,
                 mfu=flops * B * T / dt / peak if peak else None, warmup_s=warmup_s,
                 memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                loss=loss.item(), attention=model.attention, compile=use_compile, bf16=bf16)
+                loss=loss.item(), attention=attention, compile=use_compile, dtype=dtype)
 
 
 def main(argv):
@@ -88,20 +87,17 @@ def main(argv):
             options.remove(a)
     if not configs:
         raise SystemExit(__doc__)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    where = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"{where} | torch {torch.__version__} | median of {extra['steps']} steps after 3 warm-up steps", flush=True)
     rows = []
     for path in configs:
         cfg, _ = parse_config([path] + options)
-        if cfg["device"] != "auto":
-            device = cfg["device"]
-        r = bench(cfg, extra["steps"], device)
+        r = bench(cfg, extra["steps"])
         rows.append(dict(config=path, **r))
         print(f"{path}: {r['ms']:.1f} ms/step, {r['tok_s'] / 1e3:.0f}K tok/s (warm-up {r['warmup_s']:.0f}s)", flush=True)
         torch._dynamo.reset()  # each config compiles afresh
-        if device.startswith("cuda"):
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
     base = rows[0]["ms"]
     print("\n| config | params | GFLOP/token | ms/step | vs first | tokens/s | MFU | memory |")
@@ -110,7 +106,7 @@ def main(argv):
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
         mem = f"{r['memory_gb']:.1f} GB" if r["memory_gb"] else "-"
         print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['gflop_per_token']:.2f} | {r['ms']:.1f} | "
-              f"{r['ms'] / base:.2f}x | {r['tok_s'] / 1e3:.0f}K | {mfu} | {mem} |")
+              f"{r['ms'] / base:.2f}x | {r['tok_s'] / 1e3:.1f}K | {mfu} | {mem} |")
     if extra["json"]:
         with open(extra["json"], "w") as f:
             json.dump(dict(device=where, torch=torch.__version__, steps=extra["steps"], rows=rows), f, indent=1)

@@ -455,7 +455,11 @@ def collate(windows, pin=False):
     """Stack per-window arrays into a batch of torch tensors; 'sides' is a list of (ids, end, known).
     pin: page-locked memory, so that copies to a GPU run asynchronously (a pageable copy waits for the GPU)."""
     import torch
-    stack = lambda arrays: (lambda t: t.pin_memory() if pin else t)(torch.from_numpy(np.stack(arrays)))
+
+    def stack(arrays):
+        t = torch.from_numpy(np.stack(arrays))
+        return t.pin_memory() if pin else t
+
     out = {key: stack([w[key] for w in windows]) for key in windows[0] if key != "sides"}
     out["sides"] = [tuple(stack([w["sides"][s][j] for w in windows]) for j in range(3))
                     for s in range(len(windows[0]["sides"]))]

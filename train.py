@@ -111,6 +111,20 @@ def model_setup(cfg):
     return main_tok, side_toks, model_config
 
 
+def runtime(cfg):
+    """(device, device type, dtype, compile, attention), each 'auto' settled for this machine."""
+    device = cfg["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device_type = "cuda" if device.startswith("cuda") else device
+    dtype = cfg["dtype"]
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    use_compile = cfg["compile"] if cfg["compile"] != "auto" else device_type == "cuda"
+    attention = cfg["attention"] if cfg["attention"] != "auto" else ("flex" if device_type == "cuda" else "sdpa")
+    return device, device_type, dtype, use_compile, attention
+
+
 def check_attention(model_config, attention):
     head_dims = [model_config.n_embd // model_config.n_head] + [s.n_embd // s.n_head for s in model_config.streams]
     if attention == "flex" and min(head_dims) < 16:
@@ -153,24 +167,16 @@ def main(argv):
     # ---- processes and devices
     ddp = "RANK" in os.environ
     rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
-    device = cfg["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if ddp and device.startswith("cuda"):
+    device, device_type, dtype, use_compile, attention = runtime(cfg)
+    if ddp and device_type == "cuda":
         device = f"cuda:{local_rank}"
-    device_type = "cuda" if device.startswith("cuda") else device
     if ddp:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
         if device_type == "cuda":
             torch.cuda.set_device(device)
     master = rank == 0
     print0 = lambda *a, **k: master and print(*a, **k, flush=True)
-    dtype = cfg["dtype"]
-    if dtype == "auto":
-        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
-    use_compile = cfg["compile"] if cfg["compile"] != "auto" else device_type == "cuda"
-    attention = cfg["attention"] if cfg["attention"] != "auto" else ("flex" if device_type == "cuda" else "sdpa")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     # ---- resume: the checkpoint's config, with what the command line gives explicitly on top
