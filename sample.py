@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from data import EOT_BYTE, EOT_TEXT, Corpus, Tokenizer
-from model import load_checkpoint
+from data import EOT_BYTE, EOT_TEXT, Corpus, Tokenizer, make_batch
+from model import batch_inputs, load_checkpoint
 
 
 def prompt_bytes(start):
@@ -35,15 +35,12 @@ def generate(model, main_tok, side_toks, data, max_new_tokens, temperature=1.0, 
     Returns the bytes and the main ids (the prompt's canonical ids, then the generated ones)."""
     c = model.config
     ids = list(Corpus.from_bytes(data, main_tok, []).ids)
-    budgets = [(t, s.budget) for t, s in zip(side_toks, c.streams)]
     for _ in range(max_new_tokens):
         ctx = Corpus.from_bytes(data, main_tok, side_toks, main_ids=ids)
         p = max(0, len(ids) - c.block_size)
         n = len(ids) - p
-        window = ctx.window(p, n, budgets)
-        to = lambda a: torch.from_numpy(a)[None].to(device)
-        logits, _ = model(to(window["idx"]), tok_start=to(window["tok_start"]), tok_end=to(window["tok_end"]),
-                          sides=[tuple(map(to, s)) for s in window["sides"]])
+        x = batch_inputs(make_batch([(ctx, p, n)], side_toks, c.streams, n, trim=True), device)
+        logits, _ = model(x["idx"], tok_end=x["tok_end"], sides=x["sides"])
         logits = logits[0, -1, : main_tok.vocab_size].float() / max(temperature, 1e-6)
         if top_k:
             kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]

@@ -12,7 +12,11 @@ counting once). prepare.py builds its list from the train split (or --task_words
 Split. A word is held out when a hash of the word alone says so (HELDOUT_PERCENT of all strings): the rule
 needs no list, so it is the same for any word list, and a held-out word stays held out when lists change.
 Training documents use train words only, and no string in them (a task's word, its answer, an edited word)
-is a held-out word; evaluation uses held-out words only.
+is a held-out word. Given the main tokenizer (prepare.py gives it), no token of them is one either: with
+GPT-2, `Spell "carvers": c a r v e r s` spells out the token "car" (of '"', 'car', 'vers', '"'), the very
+token of `Spell "car":`, a held-out word. So a held-out word that is a single token is one whose letters
+no task document ever showed: the fair test of generalisation. Evaluation reports held-out words
+(single-token and multi-token apart) and, to tell memorisation from it, train words.
 
 Format. One task instance is a context and an answer, the answer starting with a space:
 
@@ -228,37 +232,72 @@ def clean_for_training(inst):
     return not any(word_ok(w) and is_heldout(w) for w in line_words(inst["context"] + inst["answer"]))
 
 
-def eval_items(words, family, n, seed):
-    """Up to n instances of one family over held-out words only, seeded (the same for any checkpoint)."""
-    _, heldout = split_words(words)
-    rng = random.Random(f"{seed}/{family}")
+def heldout_token_ids(token_bytes):
+    """Ids of the tokens whose text is a held-out word, alone or after a space ("car", " car"), from a
+    tokenizer's table of token bytes."""
+    out = set()
+    for i, b in enumerate(token_bytes):
+        text = b[1:] if b.startswith(b" ") else b
+        if text.isascii() and word_ok(text.decode()) and is_heldout(text.decode()):
+            out.add(i)
+    return out
+
+
+def eval_items(words, family, n, seed, group="heldout", groups=None):
+    """Up to n instances of one family over held-out words, or over the words of another group (groups:
+    word_groups(words, ...)), seeded: the same for any checkpoint with the same main tokenizer. Distractor
+    words come from the train words for the group 'train', else from all held-out words."""
+    train, heldout = split_words(words)
+    pool = heldout if group == "heldout" else groups[group]
+    # the held-out items keep the seed they always had: earlier numbers stay comparable
+    rng = random.Random(f"{seed}/{family}" if group == "heldout" else f"{seed}/{family}/{group}")
     items = []
-    for w in rng.sample(heldout, len(heldout)):
+    for w in rng.sample(pool, len(pool)):
         if len(items) == n:
             break
-        inst = instance(family, w, rng, heldout)
+        inst = instance(family, w, rng, train if group == "train" else heldout)
         if inst is not None:
             items.append(inst)
     return items
+
+
+def word_groups(words, encode):
+    """Evaluation words by what a model could have learned of them: 'train' (task documents may show
+    them: memorisation), and held-out words (never in a task document: generalisation), split by the main
+    tokenizer (`encode`: text -> ids) into 'heldout_single_token' (" word" is one token) and
+    'heldout_multi_token'."""
+    train, heldout = split_words(words)
+    single = {w for w in heldout if len(encode(" " + w)) == 1}
+    return {"train": train, "heldout_single_token": [w for w in heldout if w in single],
+            "heldout_multi_token": [w for w in heldout if w not in single]}
 
 # ------------------------------------------------------------------------------------------------
 # training documents
 
 class TaskDocuments:
-    """Seeded stream of training documents: 1..max_lines task lines each, families uniform, train words only."""
+    """Seeded stream of training documents: 1..max_lines task lines each, families uniform, train words only.
+    With the main tokenizer `tok`, no line holds a token whose text is a held-out word either."""
 
-    def __init__(self, words, seed=0, max_lines=8, families=None):
+    def __init__(self, words, seed=0, max_lines=8, families=None, tok=None):
         self.words, _ = split_words(words)
         if not self.words:
             raise ValueError("the word list holds no train words (all held out, or none valid)")
         self.rng, self.max_lines = random.Random(seed), max_lines
         self.families = sorted(families or FAMILIES)
+        self.tok = tok
+        self.heldout_tokens = heldout_token_ids(tok.token_bytes) if tok is not None else set()
+
+    def token_clean(self, text):
+        return not self.heldout_tokens or not self.heldout_tokens.intersection(self.tok.encode(text))
 
     def line(self):
         for _ in range(10000):
             inst = instance(self.rng.choice(self.families), self.rng.choice(self.words), self.rng)
-            if inst is not None and clean_for_training(inst):
-                return inst["context"] + inst["answer"] + "\n"
+            if inst is None or not clean_for_training(inst):
+                continue
+            line = inst["context"] + inst["answer"]
+            if self.token_clean(line):
+                return line + "\n"
         raise RuntimeError("could not build a task line from train words (is the word list tiny?)")
 
     def document(self):
@@ -289,11 +328,12 @@ def mix_task_documents(tagged, main_tok, fraction, words_path=None, out=None, se
         raise SystemExit("error: --tasks_fraction needs train documents, and the source has none")
     try:
         words = load_words(words_path) if words_path else words_from_text(sample)
-        docs = TaskDocuments(words, seed)
+        docs = TaskDocuments(words, seed, tok=main_tok)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: task words: {e}")
     info = dict(fraction=fraction, seed=seed, words_source=words_path or "train text", n_words=len(words),
-                n_train_words=len(docs.words), heldout_percent=HELDOUT_PERCENT, docs=0, tokens=0)
+                n_train_words=len(docs.words), heldout_percent=HELDOUT_PERCENT,
+                heldout_tokens=len(docs.heldout_tokens), docs=0, tokens=0)
     if out:
         info["words_file"] = os.path.join(out, "task_words.txt")
         save_words(words, info["words_file"])

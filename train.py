@@ -6,16 +6,20 @@ Train a bytecross model (or its plain-GPT baseline: streams=[]).
     torchrun --standalone --nproc_per_node=8 train.py config/gpt2_bytes.py   # DDP (add --nnodes etc. for multi-node)
 
 Config files are Python files that assign options; --key=value overrides them. Unknown keys are errors.
-Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits; --init_from=resume continues
-exactly where it stopped (weights, optimizer, RNG, data position, step).
+Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits with status 128 + the signal's
+number (130, 143): the run did not finish. --init_from=resume continues exactly where it stopped (weights,
+optimizer, each process's RNG, data position, step); --init_from=auto resumes when out_dir has a checkpoint.
 """
 import ast
+import difflib
+import fcntl
 import json
 import math
 import os
 import signal
 import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, fields
@@ -24,14 +28,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from data import Corpus, DataError, Tokenizer, collate
+from data import Corpus, DataError, Tokenizer, collate, data_digest, make_batch, resegmented_window
 from model import GPT, GPTConfig, batch_inputs
 
 DEFAULTS = dict(
     # data and output
     data_dir="data/shakespeare",   # made by prepare.py
     out_dir="out",
-    init_from="scratch",           # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+    init_from="scratch",           # 'scratch', 'resume' (from out_dir/ckpt.pt), 'auto' (resume if it exists)
     # model (see model.py); the default is GPT-2 with a byte branch read by main layer 0
     tokenizer="gpt2",
     block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
@@ -42,9 +46,13 @@ DEFAULTS = dict(
     total_batch_size=16 * 1024,    # tokens per optimizer step, over all processes and micro-steps
     max_iters=5000,
     learning_rate=6e-4, min_lr=6e-5, warmup_iters=200,   # linear warmup, then cosine decay to min_lr
-    weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,
+    weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,   # grad_clip 0: no clipping
+    # making tokens need their bytes (README, Findings); both act in training only
+    resegment=0.0,                 # probability that a token is cut into two (same bytes, other token ids)
+    embed_dropout=0.0,             # probability that a token's embedding is zeroed (its identity: bytes only)
+    embed_dropout_anneal=0.0,      # >0: embed_dropout decays linearly to 0 over this fraction of max_iters
     # evaluation, logging, checkpoints
-    eval_interval=250, eval_iters=20, log_interval=10, ckpt_interval=0,  # 0: checkpoint at each eval
+    eval_interval=250, eval_tokens=2**18, log_interval=10, ckpt_interval=0,  # 0: checkpoint at each eval
     # system
     device="auto",                 # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype="auto",                  # 'auto' (bf16 on capable GPUs, else float32), 'bfloat16', 'float32'
@@ -63,16 +71,21 @@ def parse_config(argv):
     accepts = {bool: lambda v: isinstance(v, bool),
                int: lambda v: type(v) is int or type(v) is float and v.is_integer(),
                float: lambda v: type(v) in (int, float),
-               str: lambda v: isinstance(v, (str, bool)),  # 'auto' options also take True/False
+               str: lambda v: isinstance(v, str),
                list: lambda v: isinstance(v, (list, tuple))}
+    kinds = {bool: "True or False", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
     def set_key(key, value, where):
         if key not in DEFAULTS:
-            raise SystemExit(f"error: unknown config key {key!r} ({where}). Valid keys:\n  "
+            close = difflib.get_close_matches(key, DEFAULTS, n=1)
+            raise SystemExit(f"error: unknown config key {key!r} ({where})"
+                             + (f"; did you mean {close[0]}?" if close else "") + " Valid keys:\n  "
                              + ", ".join(sorted(DEFAULTS)))
         kind = type(DEFAULTS[key])
+        if DEFAULTS[key] == "auto" and isinstance(value, bool):
+            kind = bool  # 'auto' options also take True/False
         if not accepts[kind](value):
-            raise SystemExit(f"error: {key}={value!r} ({where}) should be {kind.__name__}")
+            raise SystemExit(f"error: {key}={value!r} ({where}): must be {kinds[kind]}")
         cfg[key] = kind(value) if kind in (int, float) else list(value) if kind is list else value
         given.add(key)
 
@@ -85,16 +98,181 @@ def parse_config(argv):
                 value = ast.literal_eval(raw)
             except (ValueError, SyntaxError):
                 value = raw  # a bare string
+            if isinstance(DEFAULTS.get(key), str) and not isinstance(value, bool):
+                value = raw  # a name or path, even one that looks like a number
             set_key(key, value, "command line")
         else:
-            if not os.path.exists(arg):
-                raise SystemExit(f"error: config file {arg} not found")
-            scope = {}
-            exec(open(arg).read(), scope)
-            for key, value in scope.items():
+            for key, value in read_config_file(arg).items():
                 if not key.startswith("_") and not callable(value) and type(value).__name__ != "module":
                     set_key(key, value, arg)
     return cfg, given
+
+
+def plain(value):
+    """Numbers, strings, bools, None, and lists and dicts of them: what a checkpoint may hold"""
+    if isinstance(value, (list, tuple)):
+        return all(plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and plain(v) for k, v in value.items())
+    return value is None or type(value) in (bool, int, float, str)
+
+
+def validate(cfg):
+    """Stop, with one line per bad value, on options that would crash late or quietly spoil a run."""
+    rules = {key: (lambda v: v >= 1, "an integer >= 1") for key in (
+        "batch_size", "block_size", "total_batch_size", "eval_interval", "eval_tokens", "log_interval",
+        "n_layer", "n_head", "n_embd")}
+    rules.update({key: (lambda v: v >= 0, "an integer >= 0") for key in ("max_iters", "warmup_iters",
+                                                                         "ckpt_interval", "seed")})
+    rules.update({key: (lambda v: v >= 0, ">= 0") for key in ("learning_rate", "min_lr", "weight_decay")})
+    rules.update({key: (lambda v: 0 <= v < 1, "in [0, 1)") for key in ("dropout", "beta1", "beta2", "resegment",
+                                                                         "embed_dropout")})
+    rules["embed_dropout_anneal"] = (lambda v: 0 <= v <= 1, "in [0, 1] (0: constant)")
+    rules.update({key: (lambda v: isinstance(v, str) and v != "", "a non-empty string") for key in (
+        "data_dir", "out_dir", "tokenizer")})
+    rules.update({
+        "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+        "dtype": (lambda v: v in ("auto", "bfloat16", "float32"), "'auto', 'bfloat16' or 'float32' (float16 "
+                  "would need loss scaling, which train.py does not do)"),
+        "compile": (lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
+        "attention": (lambda v: v in ("auto", "flex", "sdpa"), "'auto', 'flex' or 'sdpa'"),
+        "device": (lambda v: v == "auto" or isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda", "mps"),
+                   "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+        "streams": (lambda v: all(isinstance(s, dict) for s in v), "a list of dicts (model.StreamConfig)"),
+    })
+    errors = [f"error: {key}={cfg[key]!r}: must be {what}"
+              for key, (ok, what) in rules.items() if not ok(cfg[key])]
+    errors += [f"error: {key}={value!r}: must be plain data (numbers, strings, lists, dicts)"
+               for key, value in cfg.items() if not plain(value)]
+    width, heads = cfg["n_embd"], cfg["n_head"]
+    if width >= 1 and heads >= 1 and (width % heads or width // heads % 2):  # rotary needs even head sizes
+        errors.append(f"error: n_embd={cfg['n_embd']}, n_head={cfg['n_head']}: n_embd must split into n_head "
+                      f"heads of even size")
+    if errors:
+        raise SystemExit("\n".join(errors))
+
+
+def check_dtype(dtype, device_type):
+    if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise SystemExit("error: dtype=bfloat16: this GPU has no bfloat16; use --dtype=float32")
+
+
+def read_config_file(path):
+    """The variables a Python config file assigns; its errors name the file and line."""
+    try:
+        with open(path) as f:
+            code = compile(f.read(), path, "exec")
+    except FileNotFoundError:
+        raise SystemExit(f"error: config file {path} not found") from None
+    except OSError as e:
+        raise SystemExit(f"error: config file {path}: {e.strerror.lower()}") from None
+    except SyntaxError as e:
+        raise SystemExit(f"error: {path} line {e.lineno}: {e.msg}") from None
+    scope = {}
+    try:
+        exec(code, scope)
+    except Exception as e:
+        line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path][-1]
+        raise SystemExit(f"error: {path} line {line}: {type(e).__name__}: {e}") from None
+    return scope
+
+
+_lock = None  # this process's lock on its out_dir
+
+
+def lock_out_dir(out_dir):
+    """Hold out_dir/train.lock while the run lives (the OS drops it when the process ends, however it ends):
+    a second run into the same out_dir stops at once instead of overwriting the first one's files."""
+    global _lock
+    unlock_out_dir()  # held by a run that this process started earlier (tests call main() repeatedly)
+    os.makedirs(out_dir, exist_ok=True)
+    _lock = open(os.path.join(out_dir, "train.lock"), "a+")
+    try:
+        fcntl.flock(_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _lock.seek(0)
+        pid = _lock.read().strip() or "?"
+        raise SystemExit(f"error: another training run (pid {pid}) is using {out_dir}: wait for it to end, "
+                         f"or pick another --out_dir") from None
+    _lock.truncate(0)
+    _lock.write(f"{os.getpid()}\n")
+    _lock.flush()
+
+
+def unlock_out_dir():
+    global _lock
+    if _lock is not None:
+        _lock.close()
+        _lock = None
+
+
+def start_log(path, resumed_at, changes, evaluates_again=True):
+    """A new log.jsonl; on resume, the log cut back to the checkpoint's step (the steps after it run again,
+    and would otherwise appear twice), then a record of the resume and of any options that changed.
+    evaluates_again: the resumed run evaluates at its first step, so the evaluation logged there goes."""
+    keep = []
+    if resumed_at is not None and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if r.get("step", 0) < resumed_at or r.get("step") == resumed_at and not (
+                        evaluates_again and "val_loss" in r):
+                    keep.append(line)
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+        if resumed_at is not None:
+            f.write(json.dumps({"step": resumed_at, "resumed": True, "changed": changes}) + "\n")
+    os.replace(path + ".tmp", path)
+
+
+def read_checkpoint(path):
+    """A checkpoint's contents: tensors and plain data only, so loading a file never runs code."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt["config"], ckpt["model"], ckpt["optimizer"]
+    except Exception as e:
+        if "Unsupported global" in str(e):  # weights_only met a class or function: loading it could run code
+            raise SystemExit(f"error: {path} holds objects other than tensors and plain data ("
+                             f"{str(e).split('GLOBAL ')[-1].split()[0]}); refused, as loading them could run "
+                             f"code") from None
+        raise SystemExit(f"error: {path} is not a readable checkpoint ({type(e).__name__}: {e}); "
+                         f"start afresh in another out_dir") from None
+    return ckpt
+
+
+def open_run(cfg, given, master):
+    """Settle init_from, and on resume read the checkpoint: its config, with what is given explicitly on
+    top. Returns (config, checkpoint or None, {option: [checkpoint's, now]} for what changed)."""
+    if cfg["init_from"] not in ("scratch", "resume", "auto"):
+        raise SystemExit(f"error: init_from={cfg['init_from']!r}: must be 'scratch', 'resume' or 'auto'")
+    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    resume = cfg["init_from"] == "resume" or cfg["init_from"] == "auto" and os.path.exists(ckpt_path)
+    if resume and not os.path.exists(ckpt_path):
+        raise SystemExit(f"error: --init_from=resume but {ckpt_path} does not exist")
+    if not resume:
+        if os.path.exists(ckpt_path):
+            raise SystemExit(f"error: {ckpt_path} exists. Continue it with --init_from=resume, or pick "
+                             f"another --out_dir (or delete it) to start afresh")
+        return dict(cfg, init_from="scratch"), None, {}
+    ckpt = read_checkpoint(ckpt_path)
+    diff = [k for k in MODEL_KEYS if k in given and cfg[k] != ckpt["config"].get(k)]
+    if diff:
+        raise SystemExit(f"error: the checkpoint in {cfg['out_dir']} has a different architecture ("
+                         + "; ".join(f"{k}: {ckpt['config'].get(k)!r} there, {cfg[k]!r} here" for k in diff)
+                         + "): resume with its config, or train into another out_dir")
+    changed = {k: [ckpt["config"].get(k), cfg[k]] for k in sorted(given)
+               if k not in ("init_from", "out_dir") and cfg[k] != ckpt["config"].get(k)}
+    cfg = {**DEFAULTS, **ckpt["config"], **{k: cfg[k] for k in given},  # DEFAULTS: options added since
+           "init_from": "resume", "out_dir": cfg["out_dir"]}
+    if ckpt.get("data") not in (None, data_digest(cfg["data_dir"])):
+        changed["data"] = ["the data the checkpoint was trained on", f"other data in {cfg['data_dir']}"]
+    if master and changed:
+        print("warning: resuming with options that differ from the checkpoint's (which are used otherwise):\n"
+              + "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changed.items()), flush=True)
+    return cfg, ckpt, changed
 
 
 def model_setup(cfg):
@@ -132,6 +310,19 @@ def check_attention(model_config, attention):
                          f"{head_dims}; use fewer heads, or --attention=sdpa")
 
 
+def si(x):
+    """x with three significant digits and an SI prefix that suits its size: 0.0512 -> 51.2m, 412e3 -> 412K."""
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "K"), (1, ""), (1e-3, "m")):
+        if abs(x) >= scale:
+            break
+    return f"{x / scale:.3g}{prefix}"
+
+
+def embed_dropout_at(it, cfg):
+    anneal = cfg["embed_dropout_anneal"] * cfg["max_iters"]
+    return cfg["embed_dropout"] * (max(0.0, 1 - it / anneal) if anneal > 0 else 1.0)
+
+
 def lr_at(it, cfg):
     if it < cfg["warmup_iters"]:
         return cfg["learning_rate"] * (it + 1) / cfg["warmup_iters"]
@@ -140,34 +331,66 @@ def lr_at(it, cfg):
 
 
 class Batches:
-    """Deterministic windows: each epoch is a seeded permutation of the corpus' non-overlapping windows.
-    A step's windows follow from the global position alone, which makes resume exact and gives every
-    process count the same global batch."""
+    """Deterministic training windows: epoch e visits the corpus' non-overlapping windows in a seeded order,
+    shifted by a seeded offset of 0..T-1 tokens (none in epoch 0), so that epochs do not repeat the very same
+    windows. A step's windows follow from the global position alone: resume is exact, and every process
+    count sees the same global batch."""
 
-    def __init__(self, corpus, T, streams, seed, pin=False):
-        self.corpus, self.T, self.streams, self.seed, self.pin = corpus, T, streams, seed, pin
-        self.n = corpus.n_windows(T)
-        self._perm = (None, None)
+    def __init__(self, corpus, T, main_tok, side_toks, streams, seed, pack=False, resegment=0.0, pin=False):
+        self.corpus, self.T, self.main_tok, self.side_toks, self.streams = corpus, T, main_tok, side_toks, streams
+        self.seed, self.pack, self.resegment, self.pin = seed, pack, resegment, pin
+        n = corpus.n_windows(T)
+        self.n = n - 1 if n > 1 else n  # one window of room for the offsets
+        self._order = (None, None, 0)
 
-    def window_ids(self, start, count):
+    def positions(self, start, count):
+        """Token positions of the windows at global positions start..start+count-1."""
         out = []
         for pos in range(start, start + count):
             epoch, i = divmod(pos, self.n)
-            if self._perm[0] != epoch:
-                self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
-            out.append(int(self._perm[1][i]))
+            if self._order[0] != epoch:
+                rng = np.random.default_rng([self.seed, epoch])
+                offset = int(rng.integers(self.T)) if epoch and self.n < self.corpus.n_windows(self.T) else 0
+                self._order = (epoch, rng.permutation(self.n), offset)
+            out.append(int(self._order[1][i]) * self.T + self._order[2])
         return out
 
-    def get(self, window_ids):
-        return collate([self.corpus.window(w * self.T, self.T, self.streams) for w in window_ids], self.pin)
+    def get(self, positions):
+        """The batch of windows starting at token `positions`; with resegment > 0, each window's tokens are
+        cut into other valid segmentations of the same bytes (seeded by position: resume stays exact)."""
+        if not self.resegment:
+            entries = [(self.corpus, p, None) for p in positions]
+            return make_batch(entries, self.side_toks, self.streams, self.T, self.pack, pin=self.pin)
+        budgets = [(tok, sc.budget) for tok, sc in zip(self.side_toks, self.streams)]
+        windows = [resegmented_window(self.corpus, p, self.T, self.main_tok, self.side_toks, budgets, self.resegment,
+                                      np.random.default_rng([self.seed, p])) for p in positions]
+        return collate(windows, self.streams, self.pack, pin=self.pin)
+
+
+def validation_windows(corpus, T, eval_tokens, rank, world, B):
+    """This process's share of the validation windows, in batches of B: the same eval_tokens // T evenly
+    spaced windows whatever the batch size or process count (the last batch is filled with empty windows,
+    which hold no targets, so that shapes stay fixed)."""
+    count = max(1, min(corpus.n_windows(T), eval_tokens // T))
+    mine = [int(w) * T for w in np.linspace(0, corpus.n_windows(T) - 1, count).astype(int)][rank::world]
+    batches = [[(p, None) for p in mine[i:i + B]] for i in range(0, len(mine), B)]
+    if batches:
+        batches[-1] += [(0, 0)] * (B - len(batches[-1]))
+    return batches
 
 
 def main(argv):
     cfg, given = parse_config(argv)
+    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
+    cfg, ckpt, changes = open_run(cfg, given, master=int(os.environ.get("RANK", 0)) == 0)
+    validate(cfg)
+    if int(os.environ.get("RANK", 0)) == 0:
+        lock_out_dir(cfg["out_dir"])
     # ---- processes and devices
     ddp = "RANK" in os.environ
     rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
     device, device_type, dtype, use_compile, attention = runtime(cfg)
+    check_dtype(dtype, device_type)
     if ddp and device_type == "cuda":
         device = f"cuda:{local_rank}"
     if ddp:
@@ -179,33 +402,8 @@ def main(argv):
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    # ---- resume: the checkpoint's config, with what the command line gives explicitly on top
-    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-    ckpt = None
-    if cfg["init_from"] == "resume":
-        if not os.path.exists(ckpt_path):
-            raise SystemExit(f"error: --init_from=resume but {ckpt_path} does not exist")
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            ckpt["config"], ckpt["model"], ckpt["optimizer"]
-        except Exception as e:
-            raise SystemExit(f"error: {ckpt_path} is not a readable checkpoint ({type(e).__name__}: {e}); "
-                             f"start afresh in another out_dir")
-        diff = [k for k in MODEL_KEYS if k in given and cfg[k] != ckpt["config"][k]]
-        if diff:
-            raise SystemExit(f"error: the checkpoint in {cfg['out_dir']} has a different architecture ("
-                             + "; ".join(f"{k}: {ckpt['config'][k]!r} there, {cfg[k]!r} here" for k in diff)
-                             + "): resume with its config, or train into another out_dir")
-        cfg = {**ckpt["config"], **{k: cfg[k] for k in given}}
-    elif cfg["init_from"] != "scratch":
-        raise SystemExit("error: init_from must be 'scratch' or 'resume'")
-    elif os.path.exists(ckpt_path):
-        raise SystemExit(f"error: {ckpt_path} exists. Continue it with --init_from=resume, or pick another "
-                         f"--out_dir (or delete it) to start afresh")
-
     # ---- tokenizers, data, model
     main_tok, side_toks, model_config = model_setup(cfg)
-    budgets = [(t, s.budget) for t, s in zip(side_toks, model_config.streams)]
     try:
         train_data = Corpus.load(cfg["data_dir"], "train", main_tok, side_toks)
         val_data = Corpus.load(cfg["data_dir"], "val", main_tok, side_toks)
@@ -224,6 +422,7 @@ def main(argv):
     torch.manual_seed(cfg["seed"] + rank)
     model = GPT(model_config).to(device)
     model.attention = attention
+    model.drop_embeddings = cfg["embed_dropout"] > 0
     check_attention(model_config, attention)
     if attention == "flex" and not use_compile:
         print0("warning: flex attention without torch.compile runs an unfused, slow kernel")
@@ -240,16 +439,24 @@ def main(argv):
         except (RuntimeError, ValueError) as e:
             raise SystemExit(f"error: {ckpt_path} does not fit this model.py: {str(e)[:500]}")
         step, position, best_val = ckpt["step"], ckpt["position"], ckpt["best_val_loss"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device_type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # older checkpoints: rank 0's
+        if rank < len(rngs):  # each process continues its own random stream (dropout differs between them)
+            torch.set_rng_state(rngs[rank]["torch"])
+            if device_type == "cuda" and rngs[rank]["cuda"] is not None:
+                torch.cuda.set_rng_state(rngs[rank]["cuda"])
+        if world > len(rngs):
+            print0(f"note: the checkpoint holds the random states of {len(rngs)} process(es); the others "
+                   f"start new ones")
         print0(f"resumed from {ckpt_path} at step {step}")
         del ckpt
+    ckpt_step = step  # the checkpoint on disk holds this step: no need to write it again
     raw_model = model
     if use_compile:
         model = torch.compile(model)
     if ddp:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None)
+        # the only buffers are constant rotary tables: no need to broadcast them before every forward
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local_rank] if device_type == "cuda" else None, broadcast_buffers=False)
 
     counts = raw_model.param_counts()
     flops_per_token = raw_model.flops_per_token()
@@ -260,18 +467,18 @@ def main(argv):
            f"val {val_data.n_tokens:,} | batch {cfg['total_batch_size']:,} tokens = {B} x {T} x {world} proc x {accum} accum")
     peak = next((v for k, v in PEAK_FLOPS.items() if device_type == "cuda" and k in torch.cuda.get_device_name()), None)
 
-    train_batches = Batches(train_data, T, budgets, cfg["seed"], pin=device_type == "cuda")
-    # validation: the same evenly spaced windows every time, shared out between processes
-    val_ids = np.linspace(0, val_data.n_windows(T) - 1, cfg["eval_iters"] * B * world).astype(int).tolist()
-    val_batches = Batches(val_data, T, budgets, cfg["seed"])
+    # training packs side streams (no padding to compute); validation keeps one row per window, so that
+    # every token is scored, whatever else is in its batch
+    train_batches = Batches(train_data, T, main_tok, side_toks, model_config.streams, cfg["seed"], pack=True,
+                            resegment=cfg["resegment"], pin=device_type == "cuda")
+    val_windows = validation_windows(val_data, T, cfg["eval_tokens"], rank, world, B)
 
     @torch.no_grad()
     def evaluate():
         model.eval()
         sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, tokens, loss sum on text, bytes
-        mine = val_ids[rank::world]
-        for i in range(0, len(mine), B):
-            batch = val_batches.get(mine[i:i + B])
+        for windows in val_windows:
+            batch = make_batch([(val_data, p, n) for p, n in windows], side_toks, model_config.streams, T)
             inputs = batch_inputs(batch, device)
             with autocast:
                 _, losses = model(**inputs, reduction="none")
@@ -285,26 +492,40 @@ def main(argv):
         return (sums[0] / sums[1]).item(), (sums[2] / (math.log(2) * sums[3])).item()
 
     def save_checkpoint():
+        """Every process calls this (it gathers their random states); the first one writes the file, which
+        holds tensors and plain data only (read back with weights_only=True)."""
+        mine = {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}
+        rngs = [mine]
+        if ddp:
+            rngs = [None] * world
+            dist.all_gather_object(rngs, mine)
         if not master:
             return
-        os.makedirs(cfg["out_dir"], exist_ok=True)
         state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "config": cfg,
                  "model_config": asdict(model_config), "step": step, "position": position,
-                 "best_val_loss": best_val,
-                 "tokenizers": {t.spec: t.fingerprint for t in [main_tok] + side_toks},
-                 "rng": {"torch": torch.get_rng_state(),
-                         "cuda": torch.cuda.get_rng_state() if device_type == "cuda" else None}}
-        torch.save(state, ckpt_path + ".tmp")
-        os.replace(ckpt_path + ".tmp", ckpt_path)  # atomic: a crash never leaves a half-written checkpoint
+                 "best_val_loss": best_val, "data": data_digest(cfg["data_dir"]),
+                 "tokenizers": {t.spec: t.fingerprint for t in [main_tok] + side_toks}, "rng": rngs}
+        tmp = ckpt_path + ".tmp"
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+            os.replace(tmp, ckpt_path)  # atomic: a crash never leaves a half-written checkpoint
+        except (OSError, RuntimeError) as e:  # torch reports a failed write (a full disk) as a RuntimeError
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            reason = e if isinstance(e, OSError) else e.__context__ or e
+            raise SystemExit(f"error: could not write {ckpt_path} ({reason}); the previous checkpoint is "
+                             f"intact: free some space, then continue with --init_from=resume") from None
 
-    stop = {"requested": False}
+    stop = {"requested": 0, "stopped": 0}  # the signal that asked to stop; the exit status it leads to
 
     def on_signal(signum, frame):
         if stop["requested"]:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt  # a second Ctrl-C: leave now
             return  # a job's SIGTERM can come twice (sent to every process, and forwarded by torchrun)
-        stop["requested"] = True
+        stop["requested"] = signum
         print0(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint")
 
     signal.signal(signal.SIGINT, on_signal)
@@ -312,17 +533,18 @@ def main(argv):
 
     def micro_batches(pos):
         """This process's share of one optimizer step: accum micro-batches of B windows."""
-        return [train_batches.window_ids(pos + (m * world + rank) * B, B) for m in range(accum)]
+        return [train_batches.positions(pos + (m * world + rank) * B, B) for m in range(accum)]
 
-    if master and cfg["init_from"] == "scratch":
-        os.makedirs(cfg["out_dir"], exist_ok=True)
-        open(os.path.join(cfg["out_dir"], "log.jsonl"), "w").close()
+    if master:
+        resumed_at = ckpt_step if cfg["init_from"] == "resume" else None
+        start_log(os.path.join(cfg["out_dir"], "log.jsonl"), resumed_at, changes,
+                  step % cfg["eval_interval"] == 0 or step >= cfg["max_iters"])  # as the loop decides
     log_file = open(os.path.join(cfg["out_dir"], "log.jsonl"), "a") if master else None
     log = lambda **kv: log_file and (log_file.write(json.dumps(kv) + "\n"), log_file.flush())
     prefetch = ThreadPoolExecutor(1)
     fetch = lambda pos: prefetch.submit(lambda: [train_batches.get(w) for w in micro_batches(pos)])
     pending = fetch(position)
-    lost, seen = np.zeros(len(budgets)), 0
+    lost, dropped, seen = np.zeros(len(side_toks)), np.zeros(len(side_toks)), 0
     t_start = time.time()
     timed_steps, timed_s, t_log, step_log = 0, 0.0, time.time(), step
     while True:
@@ -332,16 +554,17 @@ def main(argv):
             best_val = min(best_val, val_loss)
             print0(f"step {step}: val loss {val_loss:.4f} | val bpb {val_bpb:.4f}")
             log(step=step, val_loss=val_loss, val_bpb=val_bpb)
-            if step > 0 and (cfg["ckpt_interval"] == 0 or last):
+            if step > ckpt_step and (cfg["ckpt_interval"] == 0 or last):
                 save_checkpoint()
             t_log, step_log = time.time(), step  # evaluation time stays out of the speed numbers
         if last:
             break
-        if cfg["ckpt_interval"] and step > 0 and step % cfg["ckpt_interval"] == 0:
+        if cfg["ckpt_interval"] and step > ckpt_step and step % cfg["ckpt_interval"] == 0:
             save_checkpoint()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        raw_model.embed_dropout.fill_(embed_dropout_at(step, cfg))
         batches = pending.result()
         position += B * accum * world
         pending = fetch(position)
@@ -349,6 +572,7 @@ def main(argv):
         for m, batch in enumerate(batches):
             inputs = batch_inputs(batch, device)
             lost += batch["lost"].sum(0).numpy()
+            dropped += batch["dropped"].numpy()
             seen += batch["idx"].numel()
             # DDP: all-reduce gradients only after the last micro-step
             with (model.no_sync() if ddp and m < accum - 1 else nullcontext()):
@@ -356,16 +580,18 @@ def main(argv):
                     _, loss = model(**inputs)
                 (loss / accum).backward()
             loss_sum = loss_sum + loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["grad_clip"] or math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         stopping = stop["requested"]
-        if ddp:  # every process stops at the same step
-            flag = torch.tensor(float(stopping), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stopping = bool(flag.item())
-        if step % cfg["log_interval"] == 0 or stopping or step == cfg["max_iters"]:
+        at_log = step % cfg["log_interval"] == 0 or step == cfg["max_iters"]
+        if ddp:  # every process stops at the same step: agree at log steps (a host sync), not every step
+            flag = torch.tensor(float(stopping if at_log else 0), device=device)
+            if at_log:
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stopping = int(flag.item()) if at_log else 0
+        if at_log or stopping:
             loss_val = (loss_sum / accum).item()  # waits for the device, so the timing below is real
             dt = (time.time() - t_log) / (step - step_log)
             if step_log > 0 or step > cfg["log_interval"]:  # the first interval includes compilation
@@ -374,13 +600,16 @@ def main(argv):
             tok_s = cfg["total_batch_size"] / dt
             mfu = f" | MFU {100 * flops_per_token * tok_s / (peak * world):.1f}%" if peak else ""
             eta = (cfg["max_iters"] - step) * (timed_s / timed_steps if timed_steps else dt)
-            lost_frac = lost / max(seen, 1)
-            lost_str = "".join(f" | {t.name} lost {100 * f:.2f}%" for t, f in zip(side_toks, lost_frac))
+            lost_frac, dropped_frac = lost / max(seen, 1), dropped / max(seen, 1)
+            side_str = "".join(f" | {t.name} lost {100 * f:.2f}% dropped {100 * d:.2f}%"
+                               for t, f, d in zip(side_toks, lost_frac, dropped_frac))
             print0(f"step {step}/{cfg['max_iters']} | loss {loss_val:.4f} | lr {lr:.2e} | norm {grad_norm:.2f} | "
-                   f"{dt * 1000:.0f}ms | {tok_s / 1e3:.1f}K tok/s{mfu}{lost_str} | eta {eta / 60:.1f}min")
-            log(step=step, loss=loss_val, lr=lr, dt=dt, tok_s=tok_s, lost=lost_frac.tolist())
-            lost[:], seen = 0, 0
+                   f"{si(dt)}s | {si(tok_s)} tok/s{mfu}{side_str} | eta {eta / 60:.1f}min")
+            log(step=step, loss=loss_val, lr=lr, dt=dt, tok_s=tok_s, lost=lost_frac.tolist(),
+                dropped=dropped_frac.tolist())
+            lost[:], dropped[:], seen = 0, 0, 0
         if stopping:
+            stop["stopped"] = 128 + stopping  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
             save_checkpoint()
             print0(f"stopped at step {step}; continue with --init_from=resume (checkpoint {ckpt_path})")
             break
@@ -389,6 +618,9 @@ def main(argv):
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
+    unlock_out_dir()
+    if stop["stopped"]:
+        raise SystemExit(stop["stopped"])  # not 0: a scheduler (or torchrun) sees that the run did not finish
 
 
 if __name__ == "__main__":

@@ -11,5 +11,5 @@ batch_size = 8
 total_batch_size = 8 * 128
 max_iters = 250
 learning_rate, min_lr, warmup_iters = 3e-3, 3e-4, 25
-eval_interval, eval_iters, log_interval = 50, 10, 10
+eval_interval, eval_tokens, log_interval = 50, 10 * 8 * 128, 10
 device = "cpu"

@@ -11,4 +11,4 @@ batch_size = 64
 total_batch_size = 64 * 256
 max_iters = 2000
 learning_rate, min_lr, warmup_iters = 1e-3, 1e-4, 100
-eval_interval, eval_iters, log_interval = 250, 20, 50
+eval_interval, eval_tokens, log_interval = 250, 20 * 64 * 256, 50

@@ -14,4 +14,4 @@ batch_size = 32
 total_batch_size = 32 * 1024
 max_iters = 4000
 learning_rate, min_lr, warmup_iters = 1.5e-3, 1.5e-4, 150
-eval_interval, eval_iters, log_interval = 500, 20, 50
+eval_interval, eval_tokens, log_interval = 500, 20 * 32 * 1024, 50

@@ -4,6 +4,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -50,8 +51,19 @@ def toks(tmp_path_factory):
 def gpt2():
     """The real GPT-2 BPE, from TIKTOKEN_CACHE_DIR (tests that need it are skipped without it)."""
     if not os.environ.get("TIKTOKEN_CACHE_DIR"):
-        pytest.skip("TIKTOKEN_CACHE_DIR is not set")
+        pytest.skip(NO_TIKTOKEN_CACHE)
     return Tokenizer("gpt2")
+
+
+# the suite stays offline: tests of the real ranks read them from a tiktoken cache, or tell how to make one
+NO_TIKTOKEN_CACHE = (
+    "TIKTOKEN_CACHE_DIR is not set. Tests of the real gpt2 and cl100k_base ranks read them offline from a "
+    "tiktoken cache; fill one once (this downloads them): TIKTOKEN_CACHE_DIR=~/.cache/tiktoken python -c "
+    "\"import tiktoken; [tiktoken.get_encoding(e) for e in ('gpt2', 'cl100k_base')]\" and run pytest with "
+    "the same TIKTOKEN_CACHE_DIR. (prepare.py leaves only GPT-2's ranks: in tiktoken's default cache, "
+    f"{os.path.join(tempfile.gettempdir(), 'data-gym-cache')}, or, where tiktoken cannot download them, in "
+    f"{os.path.join(os.environ.get('BYTECROSS_CACHE', '~/.cache/bytecross'), 'gpt2.tiktoken')}, "
+    "which is no tiktoken cache.)")
 
 
 def write_jsonl(path, docs):
@@ -84,7 +96,7 @@ def dataset(tmp_path_factory, toks):
 def args(dataset, toks, out_dir, **over):
     cfg = dict(data_dir=dataset, out_dir=str(out_dir), tokenizer=toks["bpe300"].spec, block_size=32, n_layer=2,
                n_head=2, n_embd=32, batch_size=4, total_batch_size=128, max_iters=30, eval_interval=10,
-               eval_iters=2, log_interval=1, warmup_iters=5, learning_rate=3e-3, min_lr=3e-4, device="cpu",
+               eval_tokens=256, log_interval=1, warmup_iters=5, learning_rate=3e-3, min_lr=3e-4, device="cpu",
                streams=[dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=32, window=16, budget=96)])
     cfg.update(over)
     return [f"--{k}={v!r}" if not isinstance(v, str) else f"--{k}={v}" for k, v in cfg.items()]

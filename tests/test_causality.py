@@ -33,7 +33,7 @@ def inputs(toks, model, ids, side_ids=None):
     w = corpus.window(0, T, [(t, s.budget) for t, s in zip(side_toks, model.config.streams)], n=min(T, len(ids) - 1))
     if side_ids is not None:
         w["sides"][0] = (side_ids,) + tuple(w["sides"][0][1:])
-    return batch_inputs(collate([w]), "cpu"), w
+    return batch_inputs(collate([w], model.config.streams), "cpu"), w
 
 
 def logits(model, x):
@@ -140,6 +140,6 @@ def test_real_tokenizers_gpt2_main_cl100k_and_bytes_sides(gpt2):
         data = gpt2.decode(ids)
         c = Corpus.from_bytes(data, gpt2, [toks["bytes"], toks["cl100k_base"]], main_ids=ids)
         w = c.window(0, T, [(toks[s["tokenizer"]], s["budget"]) for s in streams], n=min(T, len(ids) - 1))
-        outs.append(logits(m, batch_inputs(collate([w]), "cpu")))
+        outs.append(logits(m, batch_inputs(collate([w], m.config.streams), "cpu")))
     assert torch.equal(outs[0][: i + 1], outs[1][: i + 1])
     assert not torch.allclose(outs[0][i + 1:], outs[1][i + 1:])

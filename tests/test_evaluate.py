@@ -212,6 +212,10 @@ def test_prepare_mixes_task_documents_into_train_only(toks, tmp_path):
     assert b"Spell" not in val and b"Join" not in val
     held = set(tasks.split_words(tasks.load_words(str(out / "task_words.txt")))[1])
     assert held and not set(tasks.line_words(b"".join(task_docs).decode())) & held
+    # nor a token of the main tokenizer whose text is a held-out word (" the" and " sells" of bpe300)
+    heldout_tokens = tasks.heldout_token_ids(toks["bpe300"].token_bytes)
+    assert t["heldout_tokens"] == len(heldout_tokens) > 0
+    assert not heldout_tokens & set(toks["bpe300"].encode(b"".join(task_docs).decode()))
 
 # ------------------------------------------------------------------------------------------------
 # scoring against a direct computation
@@ -243,9 +247,9 @@ def direct_loglik(model, tok, side_toks, ids, start):
         prefix = ids[p:k]
         data = tok.decode(prefix)
         w = Corpus.from_bytes(data, tok, side_toks, main_ids=prefix).window(0, len(prefix), budgets, n=len(prefix))
-        x = batch_inputs(collate([w]), "cpu")
+        x = batch_inputs(collate([w], model.config.streams), "cpu")
         with torch.no_grad():
-            logits, _ = model(x["idx"], tok_start=x["tok_start"], tok_end=x["tok_end"], sides=x["sides"])
+            logits, _ = model(x["idx"], tok_end=x["tok_end"], sides=x["sides"])
         total += float(torch.log_softmax(logits[0, -1].double(), -1)[ids[k]])
     return total
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import HARD_DOCS, PLAIN
-from data import Corpus, collate
-from model import GPT, GPTConfig, batch_inputs, norm, rope
+from data import Corpus, make_batch
+from model import GPT, GPTConfig, batch_inputs, interval_block_mask, norm, rope
 
 
 def make(toks, main="bpe300", streams=(), T=64, n_layer=2, seed=0):
@@ -23,12 +23,13 @@ def randomize_cross(model, std=0.2):
                 p.normal_(0, std)
 
 
-def batch_for(toks, model, text, starts=(0,), T=None):
+def batch_for(toks, model, text, starts=(0,), T=None, pack=False):
     c = model.config
     T = T or c.block_size
-    corpus = Corpus.from_bytes(text, toks[c.tokenizer], [toks[s.tokenizer] for s in c.streams])
-    streams = [(toks[s.tokenizer], s.budget) for s in c.streams]
-    return batch_inputs(collate([corpus.window(p, T, streams) for p in starts]), "cpu")
+    side_toks = [toks[s.tokenizer] for s in c.streams]
+    corpus = Corpus.from_bytes(text, toks[c.tokenizer], side_toks)
+    entries = [(corpus, p, min(T, len(corpus.ids) - 1 - p)) for p in starts]  # short windows are padded
+    return batch_inputs(make_batch(entries, side_toks, c.streams, T, pack=pack), "cpu")
 
 
 TEXT = ("\xff".join(HARD_DOCS + [PLAIN])).encode().replace("\xff".encode(), b"\xff")
@@ -97,18 +98,56 @@ def test_rotary_tables_stay_out_of_checkpoints(toks):
          seed=1).load_state_dict(m.state_dict())
 
 
+def spread_starts(toks):
+    """Window starts over TEXT: the first, an odd one, one in the middle, one whose window is padded."""
+    n = len(Corpus.from_bytes(TEXT, toks["bpe300"], []).ids)
+    return 0, 37, n // 2, n - 60
+
+
+def packed(streams, fraction):
+    """Streams packed in training, with `fraction` of their budget per window."""
+    return [dict(s, packed_budget=int(s["budget"] * fraction)) for s in streams]
+
+
+@pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_flex_and_sdpa_compute_the_same_function(toks, variant):
+def test_flex_and_sdpa_compute_the_same_function(toks, variant, pack):
     """FlexAttention (block masks built from intervals; forward only on CPU) equals SDPA with dense masks
-    written from the visibility rule. Two windows, one with padding tokens, lengths not multiples of 128."""
-    m = make(toks, streams=VARIANTS[variant], T=100)
+    written from the same intervals. Three windows, one with padding tokens, lengths not multiples of 128;
+    packed: all windows in one row, the last ones cut."""
+    m = make(toks, streams=packed(VARIANTS[variant], 0.3) if pack else VARIANTS[variant], T=100)
     randomize_cross(m)
-    x = batch_for(toks, m, TEXT, starts=(0, 37))
+    x = batch_for(toks, m, TEXT, starts=spread_starts(toks), pack=pack)
+    if pack:
+        assert x["sides"][0]["ids"].size(0) == 1 and (x["targets"] == -1).sum() > 10, "the test must cut"
     with torch.no_grad():
         ref, _ = m(**x)
         m.attention = "flex"
         out, _ = m(**x)
     assert torch.allclose(ref, out, atol=2e-5), (ref - out).abs().max()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_packing_changes_nothing_but_the_cut_tokens(toks, variant, attention):
+    """Packed windows compute exactly what unpacked ones do, at every position left in the loss; with
+    room for all, at every real position. What another window holds, or where the cut falls, changes
+    nothing that is kept."""
+    starts = spread_starts(toks) + (11,)
+    m = make(toks, streams=VARIANTS[variant], T=100)
+    randomize_cross(m)
+    m.attention = attention
+    with torch.no_grad():
+        ref = m(**batch_for(toks, m, TEXT, starts=starts))[0]
+        real = batch_for(toks, m, TEXT, starts=starts)["targets"] >= 0
+        for fraction, must_cut in ((1.0, False), (0.3, True)):
+            m.config.streams = [type(sc)(**dict(vars(sc), packed_budget=int(sc.budget * fraction)))
+                                for sc in m.config.streams]
+            x = batch_for(toks, m, TEXT, starts=starts, pack=True)
+            kept = x["targets"] >= 0
+            assert (kept.sum() < real.sum() - 20) == must_cut and (kept <= real).all()
+            out = m(**x)[0]
+            assert torch.allclose(ref[kept], out[kept], atol=2e-5), (ref[kept] - out[kept]).abs().max()
 
 
 def test_param_counts_and_flops(toks):
@@ -120,14 +159,14 @@ def test_param_counts_and_flops(toks):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("variant", ["local2", "overflow", "two_streams"])
-def test_gpu_compiled_flex_matches_sdpa(toks, variant):
+def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack):
     """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path."""
-    m = make(toks, streams=VARIANTS[variant], T=256).cuda().train()
+    m = make(toks, streams=packed(VARIANTS[variant], 0.6) if pack else VARIANTS[variant], T=256).cuda().train()
     randomize_cross(m)
     text = TEXT * 4
-    x = {k: (v.cuda() if torch.is_tensor(v) else [tuple(t.cuda() for t in s) for s in v])
-         for k, v in batch_for(toks, m, text, starts=(0, 300)).items()}
+    x = batch_inputs(batch_for(toks, m, text, starts=(0, 300), pack=pack), "cuda")
     grads = {}
     for path in ("sdpa", "flex"):
         m.attention = path
@@ -148,7 +187,7 @@ def test_byte_stream_is_the_core_rule(toks):
     m = make(toks, streams=[BYTES], n_layer=1)
     randomize_cross(m)
     x = batch_for(toks, m, TEXT)
-    ids, _, _ = x["sides"][0]
+    ids = x["sides"][0]["ids"]
     T, L = x["idx"].size(1), ids.size(1)
     with torch.no_grad():
         side = m.streams[0](ids, rope(torch.arange(L), 16), _band(L, BYTES["window"]))
@@ -166,3 +205,56 @@ def test_byte_stream_is_the_core_rule(toks):
 def _band(L, window):
     i = torch.arange(L)
     return (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+
+
+def random_intervals(R, Q, L, seed):
+    """Nondecreasing random bounds with wide and empty intervals, so that blocks are full, partial, or
+    skipped."""
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.randint(0, L // (1 + 3 * (seed % 2)), (R, Q), generator=g).sort(1).values  # fast or slow
+    hi = (lo + torch.randint(-50, 600, (R, Q), generator=g)).clamp(0, L)
+    hi = torch.maximum(torch.cummax(hi, 1).values, lo)
+    return lo.int(), hi.int()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_interval_block_mask_is_the_interval_rule(seed):
+    """The arithmetic block lists: flex attention under them equals dense SDPA under the intervals, and
+    the transposed lists (used by the backward pass) hold exactly the query blocks that see each key block."""
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+    R, Q, L, H, D = 2, 700, 900, 2, 16
+    lo, hi = random_intervals(R, Q, L, seed)
+    mask = interval_block_mask(lo, hi, L)
+    assert mask.full_kv_num_blocks.sum() > 0 and mask.kv_num_blocks.sum() > 0, "need full and partial blocks"
+    q, k, v = torch.randn(R, H, Q, D), torch.randn(R, H, L, D), torch.randn(R, H, L, D)
+    dense = (torch.arange(L) >= lo[..., None]) & (torch.arange(L) < hi[..., None])
+    sees = dense.any(-1)[:, None, :, None]
+    attn_mask = (dense | ~dense.any(-1, keepdim=True))[:, None]  # rows that see nothing: zeros, as flex
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask) * sees
+    assert torch.allclose(flex_attention(q, k, v, block_mask=mask), ref, atol=1e-5)
+    # the block lists themselves (CPU flex evaluates mask_mod everywhere, so the output alone cannot tell):
+    # visible pairs lie in listed blocks, full blocks are wholly visible, partial ones partly
+    nq, nk = -(-Q // 128), -(-L // 128)
+
+    def blocks(rows_past_q):  # (R, q block, kv block, 128, 128) view of the dense mask
+        m = torch.cat([dense, torch.full((R, nq * 128 - Q, L), rows_past_q)], 1)
+        return torch.nn.functional.pad(m, (0, nk * 128 - L)).view(R, nq, 128, nk, 128).transpose(2, 3)
+
+    some, every = blocks(False), blocks(True)  # query rows past Q are dropped: they may count either way
+    for r in range(R):
+        for qb in range(nq):
+            partial = set(mask.kv_indices[r, 0, qb, :mask.kv_num_blocks[r, 0, qb]].tolist())
+            full = set(mask.full_kv_indices[r, 0, qb, :mask.full_kv_num_blocks[r, 0, qb]].tolist())
+            assert not partial & full
+            assert {kb for kb in range(nk) if some[r, qb, kb].any()} <= partial | full
+            assert all(every[r, qb, kb].all() for kb in full) and all(some[r, qb, kb].any() for kb in partial)
+    reference = BlockMask.from_kv_blocks(mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks,
+                                         mask.full_kv_indices, BLOCK_SIZE=128, seq_lengths=(Q, L))
+    pairs = [((mask.q_num_blocks, mask.q_indices), (reference.q_num_blocks, reference.q_indices)),
+             ((mask.full_q_num_blocks, mask.full_q_indices), (reference.full_q_num_blocks, reference.full_q_indices))]
+    for ours, theirs in pairs:
+        assert torch.equal(ours[0], theirs[0])
+        for r in range(R):
+            for kb in range(ours[0].size(-1)):
+                n = int(ours[0][r, 0, kb])
+                assert sorted(ours[1][r, 0, kb, :n].tolist()) == sorted(theirs[1][r, 0, kb, :n].tolist())

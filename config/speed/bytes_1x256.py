@@ -1,0 +1,4 @@
+# Speed sweep (bench.py): config/gpt2_bytes.py with a one-layer byte GPT.
+exec(open("config/gpt2_bytes.py").read())
+out_dir = "out-speed-bytes_1x256"
+streams = [dict(streams[0], n_layer=1)]

@@ -1,0 +1,161 @@
+"""
+Training curves from train.py's log.jsonl: train/val loss and val bits-per-byte against step and against
+wall-clock, several runs on one figure (PNG; needs matplotlib), and a summary table (needs nothing).
+
+    python plot.py out-cpu-demo                            # the table, and out-cpu-demo/curves.png
+    python plot.py out-a out-b --out curves.png            # several runs on one figure
+    python plot.py out-a results/x/log.jsonl --table       # the table only (no matplotlib needed)
+
+Wall-clock is training time as train.py measures it: every log line's dt (seconds per step since the
+previous log line or evaluation) times those steps, summed. Evaluation and start-up are left out;
+compilation (in the first interval after each start) is in. A resumed run continues its log from the
+checkpoint's step; where an older log has a step twice (resumed from an earlier checkpoint), the later
+values count.
+"""
+import argparse
+import json
+import os
+
+
+def load_run(path):
+    """A run folder (or its log.jsonl) -> dict of name, train {step: (loss, seconds)},
+    val {step: (val_loss, val_bpb, seconds)} and tokens per step; seconds: training time so far."""
+    file = os.path.join(path, "log.jsonl") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise SystemExit(f"error: {file} not found: give run folders written by train.py, or their log.jsonl")
+    train, val, seconds, last_step, tokens_per_step = {}, {}, 0.0, 0, None
+    with open(file) as f:
+        for n, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a crash, or still being written
+            try:
+                step = int(r["step"])
+                if "val_loss" in r:
+                    val[step] = (float(r["val_loss"]), float(r["val_bpb"]), seconds)
+                elif "loss" in r:
+                    # dt covers the steps since the previous line; a step at or below it means the run was
+                    # resumed from an earlier checkpoint and its log not cut back: count one step
+                    seconds += float(r["dt"]) * (step - last_step if step > last_step else 1)
+                    train[step] = (float(r["loss"]), seconds)
+                    tokens_per_step = round(float(r["tok_s"]) * float(r["dt"]))
+                elif not r.get("resumed"):
+                    continue  # another kind of record: nothing to draw
+            except (ValueError, KeyError, TypeError) as e:
+                raise SystemExit(f"error: {file} line {n} is not a train.py log line "
+                                 f"({type(e).__name__}: {e})")
+            last_step = step
+    if not train and not val:
+        raise SystemExit(f"error: {file} has no train.py log lines (yet)")
+    # a run is named by its folder; another log file by folder and file (results/x/log_b.jsonl -> x/log_b)
+    folder, base = os.path.split(os.path.abspath(file))
+    name = os.path.basename(folder)
+    if base != "log.jsonl":
+        name = os.path.join(name, base.removesuffix(".jsonl"))
+    return dict(name=name, train=dict(sorted(train.items())), val=dict(sorted(val.items())),
+                tokens_per_step=tokens_per_step)
+
+
+def summary(run):
+    """Steps, tokens, training seconds, final and best val numbers of one run."""
+    steps = max([*run["train"], *run["val"]])
+    seconds = max([s for _, s in run["train"].values()] + [s for *_, s in run["val"].values()])
+    s = dict(steps=steps, tokens=run["tokens_per_step"] and steps * run["tokens_per_step"], seconds=seconds,
+             final_loss=None, final_bpb=None, best_bpb=None, best_step=None)
+    if run["val"]:
+        last, best = max(run["val"]), min(run["val"], key=lambda k: run["val"][k][1])
+        s.update(final_loss=run["val"][last][0], final_bpb=run["val"][last][1], best_bpb=run["val"][best][1],
+                 best_step=best)
+    return s
+
+
+def duration(seconds):
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def table(runs):
+    rows = [("run", "steps", "tokens", "train time", "val loss", "val bpb", "best val bpb (step)")]
+    num = lambda v: "-" if v is None else f"{v:.4f}"
+    for run in runs:
+        s = summary(run)
+        rows.append((run["name"], f"{s['steps']:,}", "-" if s["tokens"] is None else f"{s['tokens']:,}",
+                     duration(s["seconds"]), num(s["final_loss"]), num(s["final_bpb"]),
+                     "-" if s["best_step"] is None else f"{s['best_bpb']:.4f} ({s['best_step']:,})"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    aligned = lambda row: [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+    return "\n".join("  ".join(aligned(row)) for row in rows)
+
+
+def plot(runs, out):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("error: plotting needs matplotlib (pip install matplotlib); --table prints the "
+                         "summary without it")
+    longest = max(summary(r)["seconds"] for r in runs)
+    unit, scale = ("s", 1) if longest < 120 else ("min", 60) if longest < 7200 else ("h", 3600)
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8))
+    for run, color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"] * len(runs)):
+        train = sorted(run["train"].items())
+        val = sorted(run["val"].items())
+        for row, x_of in ((0, lambda step, secs: step), (1, lambda step, secs: secs / scale)):
+            loss_ax, bpb_ax = axes[row]
+            loss_ax.plot([x_of(k, v[1]) for k, v in train], [v[0] for _, v in train], color=color, lw=0.8,
+                         alpha=0.45, marker="." if len(train) == 1 else None, label=f"{run['name']} train")
+            loss_ax.plot([x_of(k, v[2]) for k, v in val], [v[0] for _, v in val], "o-", color=color, ms=3,
+                         label=f"{run['name']} val")
+            bpb_ax.plot([x_of(k, v[2]) for k, v in val], [v[1] for _, v in val], "o-", color=color, ms=3,
+                        label=run["name"])
+    for row, xlabel in ((0, "step"), (1, f"training time ({unit}; evaluation excluded)")):
+        for col, ylabel in enumerate(("loss (nats per token)", "val bits per byte")):
+            ax = axes[row][col]
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.set_ylim(zoom_past_start(axes[0][col]))  # by step: time can run unevenly
+    axes[0][0].legend(fontsize=8)
+    axes[0][1].legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def zoom_past_start(ax):
+    """y limits for lines against step. The first points (a loss near ln(vocabulary)) would flatten the
+    rest: the limits span what the lines reach after the first 10% of the steps; the start is cut off."""
+    lines = [(list(l.get_xdata()), list(l.get_ydata())) for l in ax.get_lines() if len(l.get_xdata())]
+    if not lines:
+        return None
+    x_lo, x_hi = min(min(x) for x, _ in lines), max(max(x) for x, _ in lines)
+    later = [v for x, y in lines for u, v in zip(x, y) if u >= x_lo + 0.1 * (x_hi - x_lo)]
+    low, top = min(y for _, ys in lines for y in ys), max(later or [y for _, ys in lines for y in ys])
+    margin = 0.05 * (top - low) or 0.1
+    return low - margin, top + margin
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Loss and bits-per-byte curves of train.py runs, and a summary.")
+    p.add_argument("runs", nargs="+", help="run folders (out_dir of train.py) or log.jsonl files")
+    p.add_argument("--out", help="PNG to write (default: curves.png in the first run's folder)")
+    p.add_argument("--table", action="store_true", help="print the summary table only, no plot")
+    args = p.parse_args(argv)
+    out = args.out or os.path.join(args.runs[0] if os.path.isdir(args.runs[0])
+                                   else os.path.dirname(args.runs[0]), "curves.png")
+    if not out.lower().endswith(".png"):
+        raise SystemExit(f"error: --out {out} should end in .png")
+    runs = [load_run(path) for path in args.runs]
+    print(table(runs))
+    if args.table:
+        return
+    plot(runs, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,433 @@
+"""
+A seeded study: train arm configs x seeds at once on one machine, evaluate every run with evaluate.py, and
+summarise: mean ± sd over seeds per arm and metric, the paired difference (same seed) to the baseline arm
+with a 95% t-interval, and plots.
+
+    python study.py config/study/*.py --seeds=3 --out=results/study --text2=wikipedia/val.jsonl.xz
+    python study.py config/study/*.py --max_iters=100 --parallel=4 --dry_run     # the plan; nothing runs
+
+An arm is a train.py config file, named by its file name. Run ARM_sS is `train.py ARM --seed=S
+--out_dir=OUT/runs/ARM_sS` (output: train.log there). evaluate.py then scores every run on the arms'
+data_dir, and with --text2 on a second domain too (RUN/eval.json).
+The same command again skips finished runs and evaluations and resumes interrupted runs.
+An arm that sets `_match_time_of = "OTHER"` is matched in wall-clock to arm OTHER: its max_iters is scaled
+by OTHER's step time over its own, both measured alone by bench.py before training and kept in
+OUT/time_match.json (delete it to measure again).
+Writes OUT/summary.json, OUT/summary.md and, with matplotlib, OUT/curves.png, noise.png and tasks.png.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import train
+from model import GPT, GPTConfig
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PROGRESS_S = 30  # seconds between progress lines
+GPU_JOBS = 24  # jobs at once on a GPU by default: a small training run takes about 4 GB of an H200's 139
+# two-sided 95% quantiles of Student's t for df = 1..30 (beyond: the df-30 value, slightly conservative)
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042]
+# left out of the table (summary.json has them): numbers that repeat others (intact = clean, zeroed = intact
+# + delta, bpb after noise = clean + delta)
+HIDDEN = re.compile(r"acc_norm$|(kinds|rates)\..+\.bpb$|canonical_bpb$|^branch\.(text|task)|\.zeroed\.")
+NOISE = re.compile(r"^(noise|segmentation)(2?)\.(kinds|rates)\.(.+)\.delta$")
+TASKS = re.compile(r"^(tasks|task_groups\.[^.]+)\.([^.]+)\.acc$")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("arms", nargs="+", help="train.py config files, one per arm")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 1..N for every arm")
+    p.add_argument("--out", default="results/study")
+    p.add_argument("--baseline", default="baseline", help="the arm the others are compared with")
+    p.add_argument("--max_iters", type=int, help="every arm's max_iters (time-matched arms: scaled)")
+    p.add_argument("--parallel", type=int, help=f"jobs at once (default: up to {GPU_JOBS} on CUDA, 1 on CPU)")
+    p.add_argument("--train_args", default="", help="more train.py (and bench.py) options: '--key=value ...'")
+    p.add_argument("--eval_args", default="", help="more evaluate.py options, e.g. '--dtype bfloat16'")
+    p.add_argument("--text2", help="a second text domain (evaluate.py --text2)")
+    p.add_argument("--dry_run", action="store_true", help="print the plan and the commands, run nothing")
+    return p.parse_args(argv)
+
+
+def load_arms(args):
+    """name -> dict(path, cfg: resolved as train.py resolves it, match: _match_time_of, error)."""
+    overrides = shlex.split(args.train_args) + ([f"--max_iters={args.max_iters}"] if args.max_iters else [])
+    arms = {}
+    for path in args.arms:
+        name = os.path.splitext(os.path.basename(path))[0]
+        if name in arms:
+            raise SystemExit(f"error: two arms are named {name!r}")
+        arm = arms[name] = dict(path=path, cfg=None, match=None, error=None)
+        try:
+            arm["cfg"], _ = train.parse_config([path] + overrides)
+            scope = {}
+            exec(open(path).read(), scope)
+            arm["match"] = scope.get("_match_time_of")
+        except SystemExit as e:  # this arm fails; the study goes on
+            arm["error"] = str(e).splitlines()[0].removesuffix(" Valid keys:")
+    if args.baseline not in arms or arms[args.baseline]["error"]:
+        raise SystemExit(f"error: no valid baseline arm {args.baseline!r} (--baseline) among {sorted(arms)}"
+                         + (f": {arms[args.baseline]['error']}" if args.baseline in arms else ""))
+    data_dirs = {a["cfg"]["data_dir"] for a in arms.values() if not a["error"]}
+    if len(data_dirs) > 1:
+        raise SystemExit(f"error: the arms train on different data_dir: {sorted(data_dirs)}")
+    return arms
+
+
+def time_ratios(args, arms):
+    """arm -> {matched_to, ratio: step time of the matched arm / its own, ms}, measured once by bench.py."""
+    path = os.path.join(args.out, "time_match.json")
+    saved = json.load(open(path)) if os.path.exists(path) else {}
+    for name, arm in arms.items():
+        other = arm["match"]
+        if not other or arm["error"] or name in saved:
+            continue
+        if other not in arms or arms[other]["error"]:
+            arm["error"] = f"matched in wall-clock to arm {other!r}, which is not a valid arm of this study"
+            continue
+        bench_json = os.path.join(args.out, f"bench_{name}.json")
+        cmd = [sys.executable, os.path.join(ROOT, "bench.py"), arms[other]["path"], arm["path"],
+               f"--json={bench_json}", *shlex.split(args.train_args)]
+        print("$ " + shlex.join(cmd), flush=True)
+        if args.dry_run:
+            continue
+        os.makedirs(args.out, exist_ok=True)
+        if subprocess.run(cmd).returncode:
+            arm["error"] = "bench.py failed (its output is above)"
+            continue
+        ms = [r["ms"] for r in json.load(open(bench_json))["rows"]]
+        saved[name] = dict(matched_to=other, ratio=ms[0] / ms[1], ms={other: ms[0], name: ms[1]})
+        write_json(path, saved)
+    return saved
+
+
+def plan_runs(args, arms, ratios):
+    """One dict per arm and seed: name, dir, steps, state (new, resume, done) and its train.py command."""
+    runs = []
+    for name, arm in arms.items():
+        for seed in range(1, args.seeds + 1):
+            run = dict(arm=name, seed=seed, name=f"{name}_s{seed}", error=arm["error"],
+                       dir=os.path.join(args.out, "runs", f"{name}_s{seed}"))
+            runs.append(run)
+            if arm["error"] or (arm["match"] and name not in ratios):
+                continue  # (a dry run has not measured the ratio)
+            run["steps"] = round(arm["cfg"]["max_iters"] * (ratios[name]["ratio"] if arm["match"] else 1))
+            ckpt = os.path.join(run["dir"], "ckpt.pt")
+            step = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["step"] \
+                if os.path.exists(ckpt) else None
+            run["state"] = "new" if step is None else "done" if step >= run["steps"] else "resume"
+            run["cmd"] = [sys.executable, os.path.join(ROOT, "train.py"), arm["path"], f"--seed={seed}",
+                          f"--out_dir={run['dir']}", f"--max_iters={run['steps']}",
+                          *shlex.split(args.train_args), *["--init_from=resume"] * (run["state"] == "resume")]
+    return runs
+
+
+def run_jobs(jobs, parallel, what):
+    """Runs jobs (dicts: name, cmd, log, mode, units() -> (done, total)) `parallel` at once, printing
+    progress and an ETA; returns the names of those that failed. Ctrl-C or SIGTERM: the running jobs are
+    told to stop (train.py saves a checkpoint) and waited for."""
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))  # the jobs share the cores, compile workers too
+    env = {"OMP_NUM_THREADS": threads, "TORCHINDUCTOR_COMPILE_THREADS": threads, **os.environ,
+           "PYTHONUNBUFFERED": "1"}
+    waiting, running, failed, t0, shown = list(jobs), {}, [], time.time(), 0.0
+    units = lambda: [sum(u) for u in zip(*(j["units"]() for j in jobs))] or [0, 0]
+    start, total = units()
+    try:
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                j = waiting.pop(0)
+                log = open(j["log"], j["mode"])
+                p = subprocess.Popen(j["cmd"], stdout=log, stderr=subprocess.STDOUT, env=env)
+                running[j["name"]] = p, log
+            time.sleep(0.2)
+            for name, (p, log) in list(running.items()):
+                if p.poll() is not None:
+                    log.close()
+                    del running[name]
+                    failed += [name] if p.returncode else []
+                    print(f"{what} {name}: " + (f"FAILED (exit {p.returncode})" if p.returncode else "done"))
+            if time.time() - shown >= PROGRESS_S or not (waiting or running):
+                shown, elapsed, done = time.time(), time.time() - t0, units()[0]
+                frac = (done - start) / max(total - start, 1)
+                eta = f"eta {elapsed * (1 - frac) / frac / 60:.1f} min" if frac > 0 else "eta -"
+                print(f"[{what}] {len(running)} running, {len(waiting)} waiting, {len(failed)} failed | "
+                      f"{done}/{total} | {elapsed / 60:.1f} min | {eta}", flush=True)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `timeout` and schedulers signal the group: twice here
+        print(f"\ninterrupted: stopping {len(running)} job(s); the same command resumes", flush=True)
+        for p, _ in running.values():
+            p.send_signal(signal.SIGTERM)
+            p.wait()
+        raise SystemExit(130)
+    return failed
+
+
+def last_step(run_dir):
+    try:
+        with open(os.path.join(run_dir, "log.jsonl")) as f:
+            return json.loads(f.readlines()[-1])["step"]
+    except (OSError, IndexError, ValueError, KeyError):
+        return 0
+
+
+def log_metrics(run_dir, tokens_per_step):
+    """train.py's log.jsonl -> (metrics, curve {step: (tokens, training seconds, val bpb)}). Training time:
+    each line's dt (seconds per step since the line before) times its steps: compilation in, evaluation
+    out."""
+    rows = []
+    for line in open(os.path.join(run_dir, "log.jsonl")):
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        # a resumed run logs again from its checkpoint's step: a row below the last one drops the rows after
+        # it (steps the checkpoint did not keep), and replaces the row of its kind (train or val) there
+        while rows and (rows[-1]["step"] > r["step"] or rows[-1]["step"] == r["step"]
+                        and ("dt" in rows[-1]) == ("dt" in r)):
+            rows.pop()
+        rows.append(r)
+    trains, vals = [r for r in rows if "dt" in r], [r for r in rows if "val_bpb" in r]
+    clock, seconds = [(0, 0.0)], 0.0
+    for r in trains:
+        seconds += r["dt"] * (r["step"] - clock[-1][0])
+        clock.append((r["step"], seconds))
+    at = lambda step: max(s for st, s in clock if st <= step)
+    curve = {v["step"]: (v["step"] * tokens_per_step, at(v["step"]), v["val_bpb"]) for v in vals}
+    return {"train.val_bpb": vals[-1]["val_bpb"], "train.val_loss": vals[-1]["val_loss"],
+            "train.steps": vals[-1]["step"], "train.minutes": seconds / 60,
+            "train.tok_s": statistics.median(r["tok_s"] for r in trains) if trains else None}, curve
+
+
+def flatten(tree, prefix=""):
+    """Numeric leaves of nested dicts, named by their dotted path (lists, strings, booleans left out)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[prefix + k] = v
+    return out
+
+
+def run_metrics(run, tokens_per_step):
+    ckpt = torch.load(os.path.join(run["dir"], "ckpt.pt"), map_location="cpu", mmap=True, weights_only=True)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in GPT(GPTConfig(**ckpt["model_config"])).parameters())
+    metrics, curve = log_metrics(run["dir"], tokens_per_step)
+    metrics["params"] = params
+    if os.path.exists(f"{run['dir']}/eval.json"):  # every number evaluate.py wrote, whatever its keys
+        res = next(iter(json.load(open(f"{run['dir']}/eval.json"))["checkpoints"].values()))
+        metrics.update(flatten({k: v for k, v in res.items() if k != "info"}))
+    return metrics, curve
+
+
+def mean_sd(values):
+    xs = [x for x in values if x is not None]
+    return (statistics.fmean(xs) if xs else None), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def paired(a, b):
+    """a - b, paired by position where both exist: mean, sd, n and a 95% t-interval (n >= 2)."""
+    d = [x - y for x, y in zip(a, b) if x is not None and y is not None]
+    if not d:
+        return None
+    mean, sd = mean_sd(d)
+    half = T975[min(len(d) - 2, 29)] * sd / math.sqrt(len(d)) if len(d) > 1 else None
+    return dict(mean=mean, sd=sd, n=len(d), ci95=None if half is None else [mean - half, mean + half])
+
+
+def summarise(per_run, baseline):
+    """{arm: {seed: metrics}} -> {arm: {"seeds": [...], metric: {mean, sd, values, vs_baseline}}}."""
+    names = list(dict.fromkeys(m for seeds in per_run.values() for ms in seeds.values() for m in ms))
+    arms = {}
+    for arm, by_seed in per_run.items():
+        seeds = sorted(by_seed)
+        arms[arm] = {"seeds": seeds}
+        for name in names:
+            values = [by_seed[s].get(name) for s in seeds]
+            if any(v is not None for v in values):
+                mean, sd = mean_sd(values)
+                arms[arm][name] = dict(mean=mean, sd=sd, values=values)
+                diff = paired(values, [per_run.get(baseline, {}).get(s, {}).get(name) for s in seeds])
+                if arm != baseline and diff:
+                    arms[arm][name]["vs_baseline"] = diff
+    return arms
+
+
+def fmt(x, sign=False):
+    digits = 0 if abs(x or 0) >= 1000 else 2 if abs(x or 0) >= 10 else 4
+    return "-" if x is None else f"{x:{'+' if sign else ''},.{digits}f}"
+
+
+def markdown(summary, baseline):
+    arms, s = summary["arms"], summary["settings"]
+    varies = lambda n: len({v for e in arms.values() for v in e.get(n, {}).get("values", [])} - {None}) > 1
+    names = [n for n in dict.fromkeys(n for e in arms.values() for n in e if n != "seeds")
+             if varies(n) and not HIDDEN.search(n)]  # constants (counts, settings) and repeats left out
+    cell = lambda m: "-" if m is None else fmt(m["mean"]) + ("" if m["sd"] is None else f" ± {fmt(m['sd'])}")
+    ci = lambda lo, hi: f" [{fmt(lo, 1)}, {fmt(hi, 1)}]" + "*" * (lo > 0 or hi < 0)
+    diff = lambda d: "-" if d is None else fmt(d["mean"], True) + (ci(*d["ci95"]) if d["ci95"] else "")
+    others = [a for a in arms if a != baseline]
+    seeds = ", ".join(f"{a} {len(e['seeds'])}" for a, e in arms.items())
+    lines = [f"`{s['command']}`", "", f"commit {s['commit'][:12] or '?'}{' + local changes' * s['dirty']}, "
+             f"{s['device']}, torch {s['torch']}; seeds: {seeds}", "",
+             "Mean ± sd over seeds (metrics that differ between runs; summary.json has them all):", "",
+             "| metric | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(cell(e.get(n)) for e in arms.values()) + " |" for n in names]
+    lines += ["", f"Paired difference to {baseline} (same seed): mean [95% t-interval]; *: it excludes 0", "",
+              "| metric | " + " | ".join(f"{a} − {baseline}" for a in others) + " |",
+              "|---" * (len(others) + 1) + "|"]
+    lines += [f"| {n} | " + " | ".join(diff(arms[a].get(n, {}).get("vs_baseline")) for a in others) + " |"
+              for n in names]
+    return "\n".join(lines + [""] + [f"FAILED: {p}" for p in s["failed"]]) + "\n"
+
+
+def plots(out, arms, curves):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return print("note: matplotlib is not installed: no plots (pip install matplotlib)")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for arm, by_seed in curves.items():  # mean over seeds at the steps all seeds evaluated, step 0 left out
+        steps = sorted(set.intersection(*(set(c) for c in by_seed.values())) - {0})
+        mean = lambda i, scale: [statistics.fmean(c[s][i] for c in by_seed.values()) / scale for s in steps]
+        for ax, (i, scale) in zip(axes, ((0, 1e6), (1, 60))):
+            ax.plot(mean(i, scale), mean(2, 1), marker=".", label=arm)
+    for ax, x in zip(axes, ("tokens (M)", "training time (min; compilation in, evaluation out)")):
+        ax.set(xlabel=x, ylabel="val bits/byte (mean over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "curves.png"), dpi=120)
+    noise_panel = lambda m: ("second domain (--text2)" if m[2] else "in domain", ("seg " if m[3] == "rates"
+                                                                                  else "") + m[4])
+    task_panel = lambda m: ("held-out words" if m[1] == "tasks" else m[1].split(".")[1] + " words", m[2])
+    for file, pattern, panel, ylabel in (("noise.png", NOISE, noise_panel, "Δ bits/byte after noise"),
+                                         ("tasks.png", TASKS, task_panel, "accuracy")):
+        panels = {}  # title -> {x label: metric}
+        for name in dict.fromkeys(n for e in arms.values() for n in e):
+            if pattern.match(name):
+                title, x = panel(pattern.match(name))
+                panels.setdefault(title, {})[x] = name
+        if not panels:
+            continue
+        fig, axes = plt.subplots(len(panels), 1, figsize=(13, 4 * len(panels)), squeeze=False)
+        width = 0.8 / len(arms)
+        for ax, (title, names) in zip(axes[:, 0], panels.items()):
+            for i, (arm, e) in enumerate(arms.items()):
+                ms = [e.get(n, {}) for n in names.values()]
+                ax.bar([k + i * width for k in range(len(names))], [m.get("mean") or 0 for m in ms], width,
+                       yerr=[m.get("sd") or 0 for m in ms], capsize=2, label=arm)
+            ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], list(names))
+            ax.set(title=title, ylabel=ylabel + " (mean ± sd over seeds)")
+            ax.grid(axis="y", alpha=0.3)
+        axes[0, 0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, file), dpi=120)
+    print(f"wrote the plots to {out}")
+
+
+def eval_jobs(runs, options, parallel, out):
+    """evaluate.py on the runs that lack an up-to-date RUN/eval.json, in up to `parallel` groups (it writes
+    each run's file as that run is done)."""
+    todo = []
+    for r in runs:
+        path = f"{r['dir']}/eval.json"
+        if os.path.exists(path) and os.path.getmtime(path) < os.path.getmtime(f"{r['dir']}/ckpt.pt"):
+            os.remove(path)  # stale: the checkpoint changed since
+        todo += [] if os.path.exists(path) else [r]
+    os.makedirs(os.path.join(out, "eval"), exist_ok=True)
+    groups = [todo[k::parallel] for k in range(min(parallel, len(todo)))]
+    evaluate = [sys.executable, os.path.join(ROOT, "evaluate.py")]
+    return [dict(name=", ".join(r["name"] for r in g), runs=g, log=os.path.join(out, "eval", f"group{k}.log"),
+                 mode="w", cmd=[*evaluate, *(r["dir"] for r in g), *options],
+                 units=lambda g=g: (sum(os.path.exists(f"{r['dir']}/eval.json") for r in g), len(g)))
+            for k, g in enumerate(groups)]
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args, t0 = parse_args(argv), time.time()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop acts as Ctrl-C
+    arms = load_arms(args)
+    ratios = time_ratios(args, arms)
+    runs = plan_runs(args, arms, ratios)
+    data_dir = next(a["cfg"]["data_dir"] for a in arms.values() if not a["error"])
+    options = ["--text", data_dir, *(["--text2", args.text2] if args.text2 else [])]
+    options += shlex.split(args.eval_args)
+    for r in runs:
+        state = f"FAILS: {r['error']}" if r["error"] else r.get("state", "steps from bench.py")
+        print(f"{r['name']}: {state}" + (f" | {shlex.join(r['cmd'])}" if state in ("new", "resume") else ""))
+    if args.dry_run:
+        return print("then: " + shlex.join(["python", "evaluate.py", "RUN...", *options]))
+    parallel = args.parallel or (min(len(runs), GPU_JOBS) if torch.cuda.is_available() else 1)
+    todo = [r for r in runs if r.get("state") in ("new", "resume")]
+    for r in todo:
+        os.makedirs(r["dir"], exist_ok=True)
+        if r["state"] == "new" and os.path.exists(f"{r['dir']}/log.jsonl"):
+            os.remove(f"{r['dir']}/log.jsonl")  # an earlier attempt's, from before any checkpoint
+    failed = run_jobs([dict(name=r["name"], cmd=r["cmd"], log=f"{r['dir']}/train.log",
+                            mode="a" if r["state"] == "resume" else "w",
+                            units=lambda r=r: (last_step(r["dir"]), r["steps"])) for r in todo],
+                      parallel, "train")
+    for r in (r for r in runs if r["name"] in failed):
+        lines = [line for line in open(f"{r['dir']}/train.log").read().splitlines() if line.strip()]
+        r["error"] = f"train.py failed: {lines[-1] if lines else '(no output)'} (see {r['dir']}/train.log)"
+    trained = [r for r in runs if not r["error"]]
+    jobs = eval_jobs(trained, options, parallel, args.out)
+    failed = run_jobs(jobs, parallel, "evaluate")
+    problems = [(r["arm"], f"{r['name']}: {r['error']}") for r in runs if r["error"]]
+    problems += [(r["arm"], f"{r['name']}: evaluate.py failed (see {j['log']})") for j in jobs
+                 if j["name"] in failed for r in j["runs"] if not os.path.exists(f"{r['dir']}/eval.json")]
+
+    per_run, curves = {}, {}
+    for r in trained:
+        metrics, curve = run_metrics(r, arms[r["arm"]]["cfg"]["total_batch_size"])
+        per_run.setdefault(r["arm"], {})[r["seed"]] = metrics
+        curves.setdefault(r["arm"], {})[r["seed"]] = curve
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    evals = [p for p in (f"{r['dir']}/eval.json" for r in trained) if os.path.exists(p)]
+    settings = dict(command=shlex.join(["python", "study.py", *argv]), commit=git("rev-parse", "HEAD"),
+                    dirty=bool(git("status", "--porcelain")), torch=torch.__version__,
+                    device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                    python=sys.version.split()[0], baseline=args.baseline, failed=[p for _, p in problems],
+                    minutes=(time.time() - t0) / 60, time_match=ratios,
+                    evaluate=json.load(open(evals[0]))["settings"] if evals else None,
+                    arms={n: dict(path=a["path"], error=a["error"], config=a["cfg"])
+                          for n, a in arms.items()})
+    summary = {"arms": summarise(per_run, args.baseline), "settings": settings}
+    write_json(os.path.join(args.out, "summary.json"), summary)
+    table = markdown(summary, args.baseline)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(table)
+    print(table)
+    plots(args.out, summary["arms"], curves)
+    if problems:
+        arms_failed = ", ".join(dict.fromkeys(a for a, _ in problems))
+        print(f"error: arms with failed runs: {arms_failed} (the summary holds the rest):\n  "
+              + "\n  ".join(p for _, p in problems), file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
