@@ -616,10 +616,11 @@ def collate(windows, streams, pack=False, trim=False, pin=False):
     """Stack windows (Corpus.window) into a batch of torch tensors and decide, once, who sees what.
 
     Side stream s becomes rows of elements: one row per window, padded to the budget (or, with trim, to
-    the longest window), or with pack=True (streams with a packed_budget) one row holding all windows back to
-    back in B * packed_budget slots, so that padding costs nothing. Per stream the batch holds `ids`, `pos` (index in its window:
-    rotary phase of the stream's own attention), `end` (byte offset in its window: rotary phase of
-    cross-attention) and the visibility of each query as an interval [lo, hi) of its row:
+    the longest window), or with pack=True (streams with a packed_budget) one row holding all windows
+    back to back in B * packed_budget slots, so that padding costs nothing. Per stream the batch holds
+    `ids`, `pos` (index in its window: rotary phase of the stream's own attention), `end` (byte offset in
+    its window: rotary phase of cross-attention) and the visibility of each query as an interval [lo, hi)
+    of its row:
     - self_lo, self_hi: element j attends to the elements of its own window in [j - window + 1, j];
     - cross_lo, cross_hi: main token i reads what visible_intervals allows (queries: the B*T tokens,
       in rows like the elements).
@@ -660,10 +661,9 @@ def collate(windows, streams, pack=False, trim=False, pin=False):
             cross[:, r, q0:q0 + T] = offset + lo, offset + hi
             offset += keep
         j = np.arange(L)
-        side = {"ids": rows["ids"], "pos": rows["pos"], "end": rows["end"],
-                "self_lo": np.maximum(j - sc.window + 1, rows["seg"]), "self_hi": np.broadcast_to(j + 1, (R, L)),
-                "cross_lo": cross[0], "cross_hi": cross[1]}
-        sides.append(side)
+        sides.append({"ids": rows["ids"], "pos": rows["pos"], "end": rows["end"],
+                      "self_lo": np.maximum(j - sc.window + 1, rows["seg"]),
+                      "self_hi": np.broadcast_to(j + 1, (R, L)), "cross_lo": cross[0], "cross_hi": cross[1]})
 
     def tensor(a, dtype=None):
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
@@ -683,7 +683,7 @@ def useful_counts(batch):
     out = []
     for side in batch["sides"]:
         elements = side["end"] != INT32_MAX
-        self_keys = (side["self_hi"] - side["self_lo"])[elements].double().mean().item() if elements.any() else 0.0
+        self_keys = (side["self_hi"] - side["self_lo"])[elements].double().mean().item() if elements.any() else 0
         cross = (side["cross_hi"] - side["cross_lo"]).view(real.shape)[real]
         out.append(dict(elements=int(elements.sum()) / tokens, self_keys=self_keys,
                         cross_keys=cross.double().mean().item()))

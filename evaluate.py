@@ -468,8 +468,8 @@ class Scorer:
 def text_bpb(scorer, data, windows=0, hooks=None):
     """Bits per byte of `data` (documents, each preceded by 0xFF): non-overlapping windows of block_size
     tokens from the start (the last one shorter), every target but end-of-text counted, as train.py's val bpb.
-    windows > 0: only that many full windows, evenly spaced, exactly as train.py picks its eval_iters x
-    batch_size validation windows. hooks (BranchHooks): count the cross-attention norms at scored tokens."""
+    windows > 0: only that many full windows, evenly spaced, exactly as train.py picks its
+    eval_tokens / block_size validation windows. hooks (BranchHooks): count the cross-attention norms at scored tokens."""
     tok = scorer.main_tok
     corpus = Corpus.from_bytes(data, tok, scorer.side_toks)
     T, starts = scorer.T, list(range(0, corpus.n_tokens - 1, scorer.T))
@@ -758,7 +758,7 @@ def options(argv):
                    help="use at most this many bytes of each text (0: all)")
     p.add_argument("--text_windows", type=int, default=0,
                    help="text bpb over this many full block_size windows spread evenly over the text, as "
-                        "train.py picks its eval_iters x batch_size val windows (0: all, from the start)")
+                        "train.py picks its eval_tokens / block_size val windows (0: all, from the start)")
     p.add_argument("--fineweb_files", type=int, default=1)
     p.add_argument("--skip", nargs="*", default=[], choices=GROUPS, help="metric groups to leave out")
     p.add_argument("--pairs", type=int, default=200, help="context/continuation pairs for noise and segmentation")

@@ -344,7 +344,8 @@ class GPT(nn.Module):
             keys = per_token * T if sc.locality is None else min(per_token * T, (sc.locality + 1) * per_token)
             if measured:
                 per_token, self_keys, keys = (measured[s][k] for k in ("elements", "self_keys", "cross_keys"))
-            flops += per_token * (6 * sum(block_params(b) for b in stream.blocks) + 12 * sc.n_layer * sc.n_embd * self_keys)
+            stream_params = sum(block_params(b) for b in stream.blocks)
+            flops += per_token * (6 * stream_params + 12 * sc.n_layer * sc.n_embd * self_keys)
             for _ in sc.cross_layers:
                 flops += 6 * 2 * c.n_embd * sc.n_embd               # query and output projections
                 flops += per_token * 6 * 2 * sc.n_embd * sc.n_embd  # key and value projections

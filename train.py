@@ -311,7 +311,7 @@ def check_attention(model_config, attention):
 
 
 def si(x):
-    """x with three significant digits and an SI prefix that suits its size: 0.0512 -> 51.2m, 412e3 -> 412K."""
+    """x with three significant digits and an SI prefix that suits its size: 0.0512 -> 51.2m, 412e3 -> 412K"""
     for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "K"), (1, ""), (1e-3, "m")):
         if abs(x) >= scale:
             break
@@ -463,8 +463,9 @@ def main(argv):
     print0("params: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
     print0(f"flops/token {flops_per_token / 1e9:.2f} GFLOP | {world} process(es) on {device} | {dtype} | "
            f"compile {use_compile} | attention {attention}")
-    print0(f"data: train {train_data.n_tokens:,} tokens ({train_data.n_bytes / train_data.n_tokens:.2f} bytes/token), "
-           f"val {val_data.n_tokens:,} | batch {cfg['total_batch_size']:,} tokens = {B} x {T} x {world} proc x {accum} accum")
+    bytes_per_token = train_data.n_bytes / train_data.n_tokens
+    print0(f"data: train {train_data.n_tokens:,} tokens ({bytes_per_token:.2f} bytes/token), val {val_data.n_tokens:,} | "
+           f"batch {cfg['total_batch_size']:,} tokens = {B} x {T} x {world} proc x {accum} accum")
     peak = next((v for k, v in PEAK_FLOPS.items() if device_type == "cuda" and k in torch.cuda.get_device_name()), None)
 
     # training packs side streams (no padding to compute); validation keeps one row per window, so that

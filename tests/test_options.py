@@ -33,17 +33,18 @@ def test_resegmented_window_is_a_window_of_the_same_bytes(toks):
     b0 = int(c.starts[p])
     n = int((w["tok_end"] < 2**31 - 1).sum())
     assert n == T and not (w["idx"] == plain["idx"]).all()
-    assert main.decode(np.r_[w["idx"][:n], w["targets"][n - 1]]) == TEXT[b0:b0 + int(w["tok_end"][n - 1]) + len(main.token_bytes[w["targets"][n - 1]])]
+    spelled = main.decode(np.r_[w["idx"][:n], w["targets"][n - 1]])  # inputs, then the last target
+    assert spelled == TEXT[b0:b0 + len(spelled)], "other ids, the same text"
     ids, end, _ = w["sides"][0]
     k = int((end < 2**31 - 1).sum())
     assert bytes(ids[:k].astype(np.uint8)) == TEXT[b0:b0 + k], "the byte stream is the same text"
 
 
 def test_embedding_dropout_leaves_only_the_bytes(toks):
-    """p = 1 in training: outputs no longer depend on token ids, only on bytes; in eval mode, nothing drops."""
+    """p = 1 in training: outputs no longer depend on token ids, only on bytes; evaluation drops nothing."""
     torch.manual_seed(0)
-    cfg = GPTConfig(tokenizer="bpe300", vocab_size=toks["bpe300"].vocab_size, block_size=32, n_layer=2, n_head=2,
-                    n_embd=32, streams=[dict(BYTES, vocab_size=256)])
+    cfg = GPTConfig(tokenizer="bpe300", vocab_size=toks["bpe300"].vocab_size, block_size=32, n_layer=2,
+                    n_head=2, n_embd=32, streams=[dict(BYTES, vocab_size=256)])
     m = GPT(cfg)
     randomize_cross(m)
     c = Corpus.from_bytes(TEXT, toks["bpe300"], [toks["bytes"]])
