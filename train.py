@@ -588,7 +588,7 @@ def main(argv):
         stopping = stop["requested"]
         at_log = step % cfg["log_interval"] == 0 or step == cfg["max_iters"]
         if ddp:  # every process stops at the same step: agree at log steps (a host sync), not every step
-            flag = torch.tensor(float(stopping if at_log else 0), device=device)
+            flag = torch.tensor(float(stopping), device=device) if at_log else None
             if at_log:
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stopping = int(flag.item()) if at_log else 0

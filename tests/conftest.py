@@ -118,7 +118,7 @@ def val_losses(out_dir):
 
 
 def weights(out_dir):
-    return torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=False)["model"]
+    return torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=True)["model"]
 
 
 @pytest.fixture(scope="session")

@@ -370,7 +370,7 @@ def test_script_refuses_bad_input(toks, tmp_path):
         with pytest.raises(SystemExit, match=re.escape(why)):
             run("--probes", str(tmp_path / "p.jsonl"))
     # a checkpoint trained with another tokenizer than the one found here under its name
-    ckpt = torch.load(os.path.join(base, "ckpt.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(base, "ckpt.pt"), weights_only=True)
     ckpt["tokenizers"][spec] = "0" * 16
     torch.save(ckpt, os.path.join(base, "ckpt.pt"))
     with pytest.raises(SystemExit, match="differs from the one the model was trained"):

@@ -258,3 +258,16 @@ def test_interval_block_mask_is_the_interval_rule(seed):
             for kb in range(ours[0].size(-1)):
                 n = int(ours[0][r, 0, kb])
                 assert sorted(ours[1][r, 0, kb, :n].tolist()) == sorted(theirs[1][r, 0, kb, :n].tolist())
+
+
+@pytest.mark.parametrize("variant", ["layer0", "local2", "two_streams"])
+def test_forward_compiles_to_one_graph(toks, variant):
+    """Masks from loader intervals by arithmetic: the whole forward pass, flex masks included, traces as
+    one graph with no break (so torch.compile(fullgraph=True) holds), packed or not."""
+    m = make(toks, streams=packed(VARIANTS[variant], 0.5), T=100)
+    m.attention = "flex"
+    for pack in (False, True):
+        x = batch_for(toks, m, TEXT, starts=(0, 37), pack=pack)
+        with torch.no_grad():
+            explained = torch._dynamo.explain(m)(**x)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons

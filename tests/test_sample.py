@@ -48,7 +48,7 @@ def test_bad_prompts_and_checkpoints(trained, tmp_path):
     with pytest.raises(SystemExit, match="not a readable bytecross checkpoint"):
         sample.main(["--out_dir", str(garbage)])
     other = tmp_path / "other.pt"
-    ckpt = torch.load(os.path.join(trained, "ckpt.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(trained, "ckpt.pt"), weights_only=True)
     ckpt["model_config"]["n_layer"] += 1  # a checkpoint whose weights do not fit its stated architecture
     torch.save(ckpt, other)
     with pytest.raises(SystemExit, match="does not fit"):

@@ -1,5 +1,6 @@
 """study.py: the statistics against hand-computed numbers, the training log's time, and the runner end to end
 on CPU (tiny arms x 2 seeds): summary.json, wall-clock matching, failed arms, resume and skip."""
+import importlib.util
 import json
 import math
 import os
@@ -133,12 +134,13 @@ def test_study_end_to_end(dataset, toks, tmp_path):
     assert summary["arms"]["bytes"]["train.steps"]["values"] == [6, 6]
     # wall-clock matching: max_iters 6 scaled by the step-time ratio 1.5
     assert summary["arms"]["baseline_time"]["train.steps"]["values"] == [9, 9]
-    assert torch.load(out / "runs" / "baseline_time_s1" / "ckpt.pt", weights_only=False)["step"] == 9
+    assert torch.load(out / "runs" / "baseline_time_s1" / "ckpt.pt", weights_only=True)["step"] == 9
     table = (out / "summary.md").read_text()
     assert "| metric | baseline | bytes | baseline_time |" in table and "| train.val_bpb | " in table
     assert "| metric | bytes − baseline | baseline_time − baseline |" in table
     assert "FAILED: typo_s1" in table
-    assert all((out / f).exists() for f in ("curves.png", "noise.png", "tasks.png"))
+    plots = [(out / f).exists() for f in ("curves.png", "noise.png", "tasks.png")]
+    assert all(plots) if importlib.util.find_spec("matplotlib") else not any(plots)  # an optional extra
 
     # the same command again: every run and evaluation is done, nothing is run; the summary is the same
     logs = {p: os.path.getmtime(p) for p in out.glob("runs/*/*.json*")}

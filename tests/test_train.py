@@ -82,7 +82,7 @@ def test_ddp_two_processes_match_one(dataset, toks, tmp_path):
     assert "2 process(es)" in r.stdout
     a, b = weights(single), weights(ddp)
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5) for k in a)
-    ckpt = torch.load(os.path.join(single, "ckpt.pt"), weights_only=False)
+    ckpt = torch.load(os.path.join(single, "ckpt.pt"), weights_only=True)
     torch.manual_seed(ckpt["config"]["seed"])  # the initialization both runs started from
     init = GPT(GPTConfig(**ckpt["model_config"])).state_dict()
     assert not torch.equal(init["blocks.0.attn.q.weight"], a["blocks.0.attn.q.weight"]), "no training happened"
