@@ -39,6 +39,7 @@ class StreamConfig:
                                     # elements (set near the mean per window: no padding to compute)
     cross_layers: object = (0,)     # main layers that read this stream: a list of indices, or "all"
     locality: object = None         # k: token i reads only elements ending inside tokens i-k..i; None: all
+    mixer: str = "attention"        # how the stream mixes its own elements: "attention" or "recurrent"
 
 
 @dataclass
@@ -66,6 +67,9 @@ class GPTConfig:
             s.cross_layers = sorted(int(l) for l in s.cross_layers)
             if not all(0 <= l < self.n_layer for l in s.cross_layers):
                 raise ValueError(f"stream {s.tokenizer}: cross_layers {s.cross_layers} outside 0..{self.n_layer - 1}")
+            if s.mixer not in ("attention", "recurrent"):
+                raise ValueError(f"stream {s.tokenizer}: mixer must be 'attention' or 'recurrent', "
+                                 f"not {s.mixer!r}")
             if s.locality is not None and int(s.locality) < 0:
                 raise ValueError(f"stream {s.tokenizer}: locality must be None or >= 0")
             for name, width, heads in (("main", self.n_embd, self.n_head), (s.tokenizer, s.n_embd, s.n_head)):
@@ -142,20 +146,51 @@ class MLP(nn.Module):
         return self.proj(F.relu(self.fc(x)).square())
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block; `reads` lists (stream index, width, heads) for cross-attention."""
+class Recurrence(nn.Module):
+    """A minimal gated linear recurrence (minGRU), in place of a side stream's self-attention:
+        z_t = sigmoid(W_z x_t), h_t = (1 - z_t) * h_{t-1} + z_t * W_h x_t, out_t = W_o h_t
+    linear in length and causal by construction. h restarts from 0 at every `reset` (an element first in
+    its window), so windows packed back to back in one row never see each other."""
 
-    def __init__(self, dim, n_head, dropout, reads=()):
+    def __init__(self, dim):
         super().__init__()
-        self.attn = Attention(dim, dim, dim, n_head)
+        self.zh = nn.Linear(dim, 2 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x, reset):
+        k, h_new = self.zh(x).double().chunk(2, dim=-1)
+        # log(1 - z); a decay of e^-1000 (0 in float64) at a reset forgets everything before it
+        log_a = torch.where(reset[..., None], -1000.0, -F.softplus(k))
+        b = torch.sigmoid(k) * h_new
+        # Heinsen's parallel scan, h_t = sum_{s<=t} exp(A_t - A_s) b_s with A = cumsum(log_a), one cumsum and
+        # one logcumsumexp (no loop over the sequence); signed b as its positive and negative parts. Float64:
+        # A runs over a whole packed row (1e5+ elements), where float32 would keep too few digits of A_t - A_s
+        A = log_a.cumsum(1)
+        parts = torch.stack([b, -b]).clamp_min(1e-300).log()
+        h = (A + torch.logcumsumexp(parts - A, dim=2)).exp()
+        return self.proj((h[0] - h[1]).to(x.dtype))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; `reads` lists (stream index, width, heads) for cross-attention. A side
+    stream's block may mix its elements by a recurrence instead of self-attention (mixer="recurrent")."""
+
+    def __init__(self, dim, n_head, dropout, reads=(), mixer="attention"):
+        super().__init__()
+        self.attn = Attention(dim, dim, dim, n_head) if mixer == "attention" else None
+        self.recur = Recurrence(dim) if mixer == "recurrent" else None
         self.mlp = MLP(dim)
         self.cross = nn.ModuleList(Attention(dim, width, width, heads) for _, width, heads in reads)
         self.reads = [s for s, _, _ in reads]
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, rope_, mask, read=()):
-        """read: per side stream, (states, query rope, key rope, mask) from GPT.run_stream."""
-        x = x + self.drop(self.attn(norm(x), None, rope_, rope_, mask))
+        """read: per side stream, (states, query rope, key rope, mask) from GPT.run_stream. A recurrent
+        block's mask is its reset mask (rows, elements)."""
+        if self.recur is not None:
+            x = x + self.drop(self.recur(norm(x), mask))
+        else:
+            x = x + self.drop(self.attn(norm(x), None, rope_, rope_, mask))
         for s, xattn in zip(self.reads, self.cross):
             h, q_rope, k_rope, cross_mask = read[s]
             q = norm(x).view(h.size(0), -1, x.size(-1))  # a packed stream: all B*T tokens are one row
@@ -164,14 +199,17 @@ class Block(nn.Module):
 
 
 class StreamGPT(nn.Module):
-    """A small causal GPT over one side stream, with sliding-window attention; no output head."""
+    """A small causal GPT over one side stream, with sliding-window attention (or a recurrence); no head."""
 
     def __init__(self, sc, dropout):
         super().__init__()
+        self.recurrent = sc.mixer == "recurrent"
         self.wte = nn.Embedding(padded(sc.vocab_size), sc.n_embd)
-        self.blocks = nn.ModuleList(Block(sc.n_embd, sc.n_head, dropout) for _ in range(sc.n_layer))
+        self.blocks = nn.ModuleList(Block(sc.n_embd, sc.n_head, dropout, mixer=sc.mixer)
+                                    for _ in range(sc.n_layer))
 
     def forward(self, ids, rope_, mask):
+        """mask: self-attention's, or for a recurrent stream its reset mask (True where a window starts)."""
         x = self.wte(ids)
         for block in self.blocks:
             x = block(x, rope_, mask)
@@ -300,7 +338,11 @@ class GPT(nn.Module):
         states, rotary phases of queries (token ends) and keys (element ends), and the mask."""
         ids, flex = side["ids"], self.attention == "flex"
         own_rope = gather_rope(getattr(self, f"stream_rope{s}"), side["pos"])
-        h = self.streams[s](ids, own_rope, interval_mask(side["self_lo"], side["self_hi"], ids.size(1), flex))
+        if self.streams[s].recurrent:  # the recurrence restarts at each window's first element
+            own_mask = side["pos"] == 0
+        else:
+            own_mask = interval_mask(side["self_lo"], side["self_hi"], ids.size(1), flex)
+        h = self.streams[s](ids, own_rope, own_mask)
         offsets = getattr(self, f"cross_rope{s}")
         q_rope = gather_rope(offsets, tok_end.reshape(ids.size(0), -1))
         return (h, q_rope, gather_rope(offsets, side["end"]),
@@ -345,7 +387,9 @@ class GPT(nn.Module):
             if measured:
                 per_token, self_keys, keys = (measured[s][k] for k in ("elements", "self_keys", "cross_keys"))
             stream_params = sum(block_params(b) for b in stream.blocks)
-            flops += per_token * (6 * stream_params + 12 * sc.n_layer * sc.n_embd * self_keys)
+            # a recurrence costs its weights alone (in stream_params): no attention term
+            attention = 12 * sc.n_layer * sc.n_embd * self_keys if sc.mixer == "attention" else 0
+            flops += per_token * (6 * stream_params + attention)
             for _ in sc.cross_layers:
                 flops += 6 * 2 * c.n_embd * sc.n_embd               # query and output projections
                 flops += per_token * 6 * 2 * sc.n_embd * sc.n_embd  # key and value projections

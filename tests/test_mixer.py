@@ -1,0 +1,135 @@
+"""Side streams mixed by a gated linear recurrence (mixer="recurrent") instead of self-attention: the scan
+is the recurrence, it is causal, and it restarts at every window, so that packing changes nothing."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import args, run_inprocess, val_losses
+from model import GPTConfig, Recurrence
+from test_causality import CONTINUATIONS, PREFIX, T, build, canonical, inputs, logits
+from test_model import BYTES, TEXT, batch_for, make, packed, randomize_cross, spread_starts
+
+RECURRENT = dict(BYTES, mixer="recurrent")
+VARIANTS = {
+    "layer0": [RECURRENT],
+    "two_layers": [dict(RECURRENT, n_layer=2)],
+    "all_layers": [dict(RECURRENT, cross_layers="all")],
+    "local0": [dict(RECURRENT, locality=0)],
+    "overflow": [dict(RECURRENT, budget=128)],
+    "two_streams": [RECURRENT, dict(BYTES, tokenizer="bpe400", budget=128, cross_layers=[1], locality=1)],
+}
+
+
+def loop_reference(r, x, reset):
+    """The recurrence step by step, as written: h_t = (1 - z_t) * h_{t-1} + z_t * h~_t, h = 0 at a reset."""
+    k, h_new = r.zh(x).chunk(2, dim=-1)
+    z = torch.sigmoid(k)
+    h, out = torch.zeros_like(x[:, 0]), []
+    for t in range(x.size(1)):
+        h = torch.where(reset[:, t, None], 0.0, h)
+        h = (1 - z[:, t]) * h + z[:, t] * h_new[:, t]
+        out.append(h)
+    return r.proj(torch.stack(out, 1))
+
+
+def test_scan_equals_a_step_by_step_loop():
+    torch.manual_seed(0)
+    r = Recurrence(16)
+    torch.nn.init.normal_(r.zh.weight, std=0.5)  # gates far from 1/2: fast and slow decays
+    x = torch.randn(3, 80, 16)
+    reset = torch.rand(3, 80) < 0.1
+    reset[0, 0], reset[1] = True, False  # row 1: no reset at all
+    with torch.no_grad():
+        ref = loop_reference(r, x, reset)
+        assert torch.allclose(r(x, reset), ref, atol=1e-6), (r(x, reset) - ref).abs().max()
+        assert not torch.allclose(r(x, torch.zeros_like(reset)), ref, atol=1e-3), "the resets must matter"
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as in training: the scan itself stays exact
+            out = r(x, reset)
+        assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=3e-2)
+
+
+def test_mixer_option_is_checked():
+    with pytest.raises(ValueError, match="mixer must be 'attention' or 'recurrent'"):
+        GPTConfig(n_layer=2, n_head=2, n_embd=32, streams=[dict(BYTES, mixer="rnn")])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+@pytest.mark.parametrize("variant", ["layer0", "two_layers", "all_layers", "local0", "two_streams"])
+def test_later_tokens_do_not_change_earlier_outputs(toks, variant, attention):
+    m = build(toks, VARIANTS[variant], attention=attention)
+    head = canonical(toks, PREFIX[:40] + " a straw")
+    i = len(head) - 1
+    outs = []
+    for cont in CONTINUATIONS:
+        ids = head + toks["bpe300"].encode(cont) + canonical(toks, " " + PREFIX[1:] * 2)
+        x, _ = inputs(toks, m, ids[: T + 1])
+        outs.append(logits(m, x))
+    assert torch.equal(outs[0][: i + 1], outs[1][: i + 1]), "a later token changed an earlier output"
+    assert not torch.allclose(outs[0][i + 1:], outs[1][i + 1:]), "the change must be visible later on"
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+@pytest.mark.parametrize("variant", ["layer0", "two_layers", "local0"])
+def test_own_bytes_change_own_output(toks, variant, attention):
+    m = build(toks, VARIANTS[variant], attention=attention)
+    ids = canonical(toks, PREFIX + PREFIX[1:])[: T + 1]
+    x, w = inputs(toks, m, ids)
+    i = 20
+    s, e = int(w["tok_start"][i]), int(w["tok_end"][i])
+    side_ids = w["sides"][0][0].copy()
+    side_ids[s:e] = (side_ids[s:e] + 1) % 255
+    y, _ = inputs(toks, m, ids, side_ids=side_ids)
+    a, b = logits(m, x), logits(m, y)
+    assert torch.equal(a[:i], b[:i]), "an earlier token saw later bytes"
+    assert not torch.allclose(a[i], b[i]), "token i must read its own bytes"
+
+
+def packing_error(toks, streams, attention):
+    """Largest difference, at positions kept in the loss, between packed and unpacked windows (cut: 0.3)."""
+    m = make(toks, streams=streams, T=100)
+    randomize_cross(m)
+    m.attention = attention
+    starts = spread_starts(toks) + (11,)
+    with torch.no_grad():
+        ref = m(**batch_for(toks, m, TEXT, starts=starts))[0]
+        m.config.streams = [type(sc)(**dict(vars(sc), packed_budget=int(sc.budget * 0.3)))
+                            for sc in m.config.streams]
+        x = batch_for(toks, m, TEXT, starts=starts, pack=True)
+        kept = x["targets"] >= 0
+        assert x["sides"][0]["ids"].size(0) == 1 and kept.sum() > 50, "windows must share a row"
+        return (ref[kept] - m(**x)[0][kept]).abs().max()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_packing_changes_nothing_but_the_cut_tokens(toks, variant, attention):
+    assert packing_error(toks, VARIANTS[variant], attention) < 2e-5
+
+
+def test_packing_without_resets_would_leak(toks, monkeypatch):
+    """The check above has teeth: a recurrence that does not restart carries one window into the next."""
+    scan = Recurrence.forward
+    monkeypatch.setattr(Recurrence, "forward", lambda self, x, reset: scan(self, x, torch.zeros_like(reset)))
+    assert packing_error(toks, VARIANTS["layer0"], "sdpa") > 1e-3
+
+
+def test_param_counts_and_flops(toks):
+    att, rec = make(toks, streams=[dict(BYTES, n_layer=2)]), make(toks, streams=[dict(RECURRENT, n_layer=2)])
+    counts = rec.param_counts()
+    assert sum(v for k, v in counts.items() if k != "total") == counts["total"]
+    assert counts["total"] == sum(p.numel() for p in rec.parameters())
+    sc = att.config.streams[0]
+    fewer = sc.n_layer * sc.n_embd ** 2  # W_z, W_h, W_o against W_q, W_k, W_v, W_o
+    assert counts["stream:bytes"] == att.param_counts()["stream:bytes"] - fewer
+    per_token = sc.budget / att.config.block_size
+    attention_term = per_token * 12 * sc.n_layer * sc.n_embd * min(sc.window, sc.budget)
+    expected = att.flops_per_token() - attention_term - per_token * 6 * fewer
+    assert rec.flops_per_token() == pytest.approx(expected)
+
+
+def test_training_with_a_recurrent_stream(dataset, toks, tmp_path):
+    stream = dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=32, window=16, budget=96, packed_budget=64,
+                  mixer="recurrent")
+    run_inprocess(args(dataset, toks, tmp_path / "rec", streams=[stream], max_iters=12, eval_interval=6))
+    losses = val_losses(tmp_path / "rec")
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
