@@ -379,6 +379,79 @@ def validation_windows(corpus, T, eval_tokens, rank, world, B):
     return batches
 
 
+def start_processes():
+    """(ddp, rank, local rank, world size), from torchrun's environment (single process without it)."""
+    env = lambda key, default: int(os.environ.get(key, default))
+    return "RANK" in os.environ, env("RANK", 0), env("LOCAL_RANK", 0), env("WORLD_SIZE", 1)
+
+
+def load_split(data_dir, split, main_tok, side_toks, T):
+    try:
+        corpus = Corpus.load(data_dir, split, main_tok, side_toks)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
+    if corpus.n_windows(T) == 0:
+        raise SystemExit(f"error: the {split} split has {corpus.n_tokens} tokens, too few for block_size {T}")
+    return corpus
+
+
+def restore(ckpt, path, model, optimizer, toks, rank, world, device_type, print0):
+    """Weights, optimizer and this process's random state from a checkpoint; returns (step, data position,
+    best val loss)."""
+    changed = [t.spec for t in toks if ckpt["tokenizers"].get(t.spec) != t.fingerprint]
+    if changed:
+        raise SystemExit(f"error: tokenizer(s) {changed} differ from those the checkpoint was trained with")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"error: {path} does not fit this model.py: {str(e)[:500]}")
+    rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # older checkpoints: rank 0's
+    if rank < len(rngs):  # each process continues its own random stream (dropout differs between them)
+        torch.set_rng_state(rngs[rank]["torch"])
+        if device_type == "cuda" and rngs[rank]["cuda"] is not None:
+            torch.cuda.set_rng_state(rngs[rank]["cuda"])
+    if world > len(rngs):
+        print0(f"note: the checkpoint holds the random states of {len(rngs)} process(es); the others start new ones")
+    print0(f"resumed from {path} at step {ckpt['step']}")
+    return ckpt["step"], ckpt["position"], ckpt["best_val_loss"]
+
+
+@torch.no_grad()
+def evaluate(model, val_data, val_windows, side_toks, streams, T, device, autocast, ddp):
+    """(val loss, val bits per byte) over this process's validation windows, summed over processes."""
+    model.eval()
+    sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, tokens, loss sum on text, bytes
+    for windows in val_windows:
+        batch = make_batch([(val_data, p, n) for p, n in windows], side_toks, streams, T)
+        inputs = batch_inputs(batch, device)
+        with autocast:
+            _, losses = model(**inputs, reduction="none")
+        nbytes = batch["target_bytes"].to(device)
+        valid = inputs["targets"] >= 0
+        sums += torch.stack([losses[valid].sum().double(), valid.sum().double(),
+                             losses[nbytes > 0].sum().double(), nbytes.sum().double()])
+    if ddp:
+        dist.all_reduce(sums)
+    model.train()
+    return (sums[0] / sums[1]).item(), (sums[2] / (math.log(2) * sums[3])).item()
+
+
+def write_checkpoint(path, state):
+    """Atomically: a crash or a full disk never leaves a half-written checkpoint, nor a stray .tmp."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write (a full disk) as a RuntimeError
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        reason = e if isinstance(e, OSError) else e.__context__ or e
+        raise SystemExit(f"error: could not write {path} ({reason}); the previous checkpoint is "
+                         f"intact: free some space, then continue with --init_from=resume") from None
+
+
 def main(argv):
     cfg, given = parse_config(argv)
     ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
@@ -387,16 +460,14 @@ def main(argv):
     if int(os.environ.get("RANK", 0)) == 0:
         lock_out_dir(cfg["out_dir"])
     # ---- processes and devices
-    ddp = "RANK" in os.environ
-    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)))
+    ddp, rank, local_rank, world = start_processes()
     device, device_type, dtype, use_compile, attention = runtime(cfg)
     check_dtype(dtype, device_type)
     if ddp and device_type == "cuda":
         device = f"cuda:{local_rank}"
+        torch.cuda.set_device(device)
     if ddp:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        if device_type == "cuda":
-            torch.cuda.set_device(device)
     master = rank == 0
     print0 = lambda *a, **k: master and print(*a, **k, flush=True)
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
@@ -404,15 +475,8 @@ def main(argv):
 
     # ---- tokenizers, data, model
     main_tok, side_toks, model_config = model_setup(cfg)
-    try:
-        train_data = Corpus.load(cfg["data_dir"], "train", main_tok, side_toks)
-        val_data = Corpus.load(cfg["data_dir"], "val", main_tok, side_toks)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
     T = cfg["block_size"]
-    for name, c in (("train", train_data), ("val", val_data)):
-        if c.n_windows(T) == 0:
-            raise SystemExit(f"error: the {name} split has {c.n_tokens} tokens, too few for block_size {T}")
+    train_data, val_data = (load_split(cfg["data_dir"], split, main_tok, side_toks, T) for split in ("train", "val"))
     B = cfg["batch_size"]
     per_step = B * T * world
     if cfg["total_batch_size"] % per_step:
@@ -430,24 +494,8 @@ def main(argv):
                                           (cfg["beta1"], cfg["beta2"]), device_type)
     step, position, best_val = 0, 0, float("inf")
     if ckpt is not None:
-        changed = [t.spec for t in [main_tok] + side_toks if ckpt["tokenizers"].get(t.spec) != t.fingerprint]
-        if changed:
-            raise SystemExit(f"error: tokenizer(s) {changed} differ from those the checkpoint was trained with")
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError) as e:
-            raise SystemExit(f"error: {ckpt_path} does not fit this model.py: {str(e)[:500]}")
-        step, position, best_val = ckpt["step"], ckpt["position"], ckpt["best_val_loss"]
-        rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]  # older checkpoints: rank 0's
-        if rank < len(rngs):  # each process continues its own random stream (dropout differs between them)
-            torch.set_rng_state(rngs[rank]["torch"])
-            if device_type == "cuda" and rngs[rank]["cuda"] is not None:
-                torch.cuda.set_rng_state(rngs[rank]["cuda"])
-        if world > len(rngs):
-            print0(f"note: the checkpoint holds the random states of {len(rngs)} process(es); the others "
-                   f"start new ones")
-        print0(f"resumed from {ckpt_path} at step {step}")
+        step, position, best_val = restore(ckpt, ckpt_path, model, optimizer, [main_tok] + side_toks, rank, world,
+                                           device_type, print0)
         del ckpt
     ckpt_step = step  # the checkpoint on disk holds this step: no need to write it again
     raw_model = model
@@ -474,24 +522,6 @@ def main(argv):
                             resegment=cfg["resegment"], pin=device_type == "cuda")
     val_windows = validation_windows(val_data, T, cfg["eval_tokens"], rank, world, B)
 
-    @torch.no_grad()
-    def evaluate():
-        model.eval()
-        sums = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, tokens, loss sum on text, bytes
-        for windows in val_windows:
-            batch = make_batch([(val_data, p, n) for p, n in windows], side_toks, model_config.streams, T)
-            inputs = batch_inputs(batch, device)
-            with autocast:
-                _, losses = model(**inputs, reduction="none")
-            nbytes = batch["target_bytes"].to(device)
-            valid = inputs["targets"] >= 0
-            sums += torch.stack([losses[valid].sum().double(), valid.sum().double(),
-                                 losses[nbytes > 0].sum().double(), nbytes.sum().double()])
-        if ddp:
-            dist.all_reduce(sums)
-        model.train()
-        return (sums[0] / sums[1]).item(), (sums[2] / (math.log(2) * sums[3])).item()
-
     def save_checkpoint():
         """Every process calls this (it gathers their random states); the first one writes the file, which
         holds tensors and plain data only (read back with weights_only=True)."""
@@ -507,17 +537,7 @@ def main(argv):
                  "model_config": asdict(model_config), "step": step, "position": position,
                  "best_val_loss": best_val, "data": data_digest(cfg["data_dir"]),
                  "tokenizers": {t.spec: t.fingerprint for t in [main_tok] + side_toks}, "rng": rngs}
-        tmp = ckpt_path + ".tmp"
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-            os.replace(tmp, ckpt_path)  # atomic: a crash never leaves a half-written checkpoint
-        except (OSError, RuntimeError) as e:  # torch reports a failed write (a full disk) as a RuntimeError
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            reason = e if isinstance(e, OSError) else e.__context__ or e
-            raise SystemExit(f"error: could not write {ckpt_path} ({reason}); the previous checkpoint is "
-                             f"intact: free some space, then continue with --init_from=resume") from None
+        write_checkpoint(ckpt_path, state)
 
     stop = {"requested": 0, "stopped": 0}  # the signal that asked to stop; the exit status it leads to
 
@@ -551,7 +571,8 @@ def main(argv):
     while True:
         last = step >= cfg["max_iters"]
         if step % cfg["eval_interval"] == 0 or last:
-            val_loss, val_bpb = evaluate()
+            val_loss, val_bpb = evaluate(model, val_data, val_windows, side_toks, model_config.streams, T, device,
+                                         autocast, ddp)
             best_val = min(best_val, val_loss)
             print0(f"step {step}: val loss {val_loss:.4f} | val bpb {val_bpb:.4f}")
             log(step=step, val_loss=val_loss, val_bpb=val_bpb)
