@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 import tasks
-from data import EOT_BYTE, Corpus, Tokenizer, make_batch, read_array
-from model import batch_inputs, load_checkpoint
+from data import EOT_BYTE, Corpus, make_batch, read_array
+from model import batch_inputs, open_trained
 
 LN2 = math.log(2)
 
@@ -884,17 +884,9 @@ def main(argv=None):
     toks, results = {}, {}
     for path in args.checkpoints:
         t0 = time.time()
-        model, ckpt = load_checkpoint(path, device)
+        model, main_tok, side_toks, ckpt = open_trained(path, device, toks)
         model.attention = "sdpa"  # dense masks handle any length; evaluation windows are short
         c = model.config
-        for spec in [c.tokenizer] + [s.tokenizer for s in c.streams]:
-            if spec not in toks:
-                toks[spec] = Tokenizer(spec)
-            trained = ckpt.get("tokenizers", {}).get(spec)
-            if trained != toks[spec].fingerprint:
-                raise SystemExit(f"error: {path}: tokenizer {spec!r} here differs from the one the model was trained "
-                                 f"with (fingerprint {toks[spec].fingerprint}, checkpoint {trained})")
-        main_tok, side_toks = toks[c.tokenizer], [toks[s.tokenizer] for s in c.streams]
         scorer = Scorer(model, main_tok, side_toks, device, args.batch_tokens, autocast, name=path)
         res = {"info": dict(path=path, step=ckpt.get("step"), best_val_loss=ckpt.get("best_val_loss"),
                             tokenizer=c.tokenizer, block_size=c.block_size, streams=[s.tokenizer for s in c.streams],

@@ -436,3 +436,22 @@ def load_checkpoint(path, device="cpu"):
     ckpt.pop("optimizer", None)
     model.to(device).eval()
     return model, ckpt
+
+
+def open_trained(path, device="cpu", tokenizers=None):
+    """load_checkpoint, plus the model's tokenizers, each checked against the fingerprint it was trained
+    with. Returns (model, main tokenizer, side tokenizers, checkpoint). `tokenizers`: a dict reused across
+    calls (spec -> Tokenizer), so that several checkpoints share them."""
+    from data import Tokenizer
+    model, ckpt = load_checkpoint(path, device)
+    tokenizers = {} if tokenizers is None else tokenizers
+    c = model.config
+    for spec in [c.tokenizer] + [s.tokenizer for s in c.streams]:
+        if spec not in tokenizers:
+            tokenizers[spec] = Tokenizer(spec)
+        tok = tokenizers[spec]
+        trained = ckpt.get("tokenizers", {}).get(spec)
+        if trained != tok.fingerprint:
+            raise SystemExit(f"error: {path}: tokenizer {spec!r} here differs from the one the model was trained "
+                             f"with (fingerprint {tok.fingerprint}, checkpoint {trained})")
+    return model, tokenizers[c.tokenizer], [tokenizers[s.tokenizer] for s in c.streams], ckpt

@@ -10,8 +10,8 @@ import sys
 
 import torch
 
-from data import EOT_BYTE, EOT_TEXT, Corpus, Tokenizer, make_batch
-from model import batch_inputs, load_checkpoint
+from data import EOT_BYTE, EOT_TEXT, Corpus, make_batch
+from model import batch_inputs, open_trained
 
 
 def prompt_bytes(start):
@@ -64,14 +64,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     prompt = prompt_bytes(args.start)
-    model, ckpt = load_checkpoint(args.out_dir, device)
+    model, main_tok, side_toks, _ = open_trained(args.out_dir, device)
     model.attention = "sdpa"  # dense masks are small at sampling sizes, and need no length constraints
-    main_tok = Tokenizer(model.config.tokenizer)
-    side_toks = [Tokenizer(s.tokenizer) for s in model.config.streams]
-    for t in [main_tok] + side_toks:
-        trained = ckpt["tokenizers"].get(t.spec)
-        if trained != t.fingerprint:
-            raise SystemExit(f"error: tokenizer {t.spec!r} here differs from the one the model was trained with")
     torch.manual_seed(args.seed)
     start = bytes([EOT_BYTE]) + prompt  # like every training document
     for i in range(args.num_samples):
