@@ -53,3 +53,9 @@ def test_bad_prompts_and_checkpoints(trained, tmp_path):
     torch.save(ckpt, other)
     with pytest.raises(SystemExit, match="does not fit"):
         sample.main(["--out_dir", str(other)])
+    retrained = tmp_path / "retokenized.pt"
+    ckpt = torch.load(os.path.join(trained, "ckpt.pt"), weights_only=True)
+    ckpt["tokenizers"] = {spec: "0" * 16 for spec in ckpt["tokenizers"]}  # trained with other vocabularies
+    torch.save(ckpt, retrained)
+    with pytest.raises(SystemExit, match="differs from the one the model was trained with"):
+        sample.main(["--out_dir", str(retrained)])
