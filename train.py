@@ -40,7 +40,7 @@ DEFAULTS = dict(
     tokenizer="gpt2",
     block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
     streams=[dict(tokenizer="bytes", n_layer=2, n_head=4, n_embd=256, window=256, budget=6144,
-                  cross_layers=[0], locality=None)],
+                  packed_budget=4096, cross_layers=[0], locality=None)],
     # optimization
     batch_size=16,                 # windows per micro-step per process
     total_batch_size=16 * 1024,    # tokens per optimizer step, over all processes and micro-steps

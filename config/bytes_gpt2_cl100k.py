@@ -3,5 +3,5 @@
 exec(open("config/gpt2_cl100k.py").read())
 out_dir = "out-bytes-gpt2-cl100k"
 _BYTES = dict(tokenizer="bytes", n_layer=2, n_head=4, n_embd=256, window=256, budget=6144,
-              cross_layers=[0], locality=None)
+              packed_budget=4096, cross_layers=[0], locality=None)  # packed as in config/gpt2_bytes.py
 streams = [_BYTES, _CL100K]

@@ -8,8 +8,9 @@ data_dir = "data/gutenberg_tasks"
 out_dir = "out-tasks-small-bytes"
 block_size = 1024
 n_layer, n_head, n_embd = 6, 6, 384
+# ~3.7 bytes per token (~3,770 per window): training packs 4096 bytes per window on average
 streams = [dict(tokenizer="bytes", n_layer=2, n_head=4, n_embd=128, window=256, budget=6144,
-                cross_layers=[0], locality=None)]
+                packed_budget=4096, cross_layers=[0], locality=None)]
 batch_size = 32
 total_batch_size = 32 * 1024
 max_iters = 4000
