@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 import tasks
-from data import EOT_BYTE, Corpus, make_batch, read_array
+from data import Corpus, make_batch, read_array
 from model import batch_inputs, open_trained
+from tokenizers import EOT_BYTE
 
 LN2 = math.log(2)
 

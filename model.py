@@ -442,7 +442,7 @@ def open_trained(path, device="cpu", tokenizers=None):
     """load_checkpoint, plus the model's tokenizers, each checked against the fingerprint it was trained
     with. Returns (model, main tokenizer, side tokenizers, checkpoint). `tokenizers`: a dict reused across
     calls (spec -> Tokenizer), so that several checkpoints share them."""
-    from data import Tokenizer
+    from tokenizers import Tokenizer
     model, ckpt = load_checkpoint(path, device)
     tokenizers = {} if tokenizers is None else tokenizers
     c = model.config

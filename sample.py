@@ -10,8 +10,9 @@ import sys
 
 import torch
 
-from data import EOT_BYTE, EOT_TEXT, Corpus, make_batch
+from data import Corpus, make_batch
 from model import batch_inputs, open_trained
+from tokenizers import EOT_BYTE, EOT_TEXT
 
 
 def prompt_bytes(start):

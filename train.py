@@ -28,8 +28,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from data import Corpus, DataError, Tokenizer, collate, data_digest, make_batch, resegmented_window
+from data import Corpus, DataError, collate, data_digest, make_batch, resegmented_window
 from model import GPT, GPTConfig, batch_inputs
+from tokenizers import Tokenizer
 
 DEFAULTS = dict(
     # data and output

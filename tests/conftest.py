@@ -12,7 +12,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data import Tokenizer, save_bpe, train_bpe  # noqa: E402
+from tokenizers import Tokenizer, save_bpe, train_bpe  # noqa: E402
 
 # documents that stress alignment: multi-byte UTF-8, emoji (4 bytes), CRLF, tabs, runs of spaces,
 # a literal end-of-text string (plain text, not the token), combining marks, no-break spaces

@@ -124,7 +124,7 @@ def test_locality_limits_reading_to_tokens_i_minus_k_to_i(toks, k, attention):
 
 def test_real_tokenizers_gpt2_main_cl100k_and_bytes_sides(gpt2):
     """GPT-2 main stream, bytes and cl100k_base side streams (from TIKTOKEN_CACHE_DIR), end to end."""
-    from data import Tokenizer
+    from tokenizers import Tokenizer
     toks = {"gpt2": gpt2, "cl100k_base": Tokenizer("cl100k_base"), "bytes": Tokenizer("bytes")}
     streams = [dict(BYTES, budget=200), dict(BYTES, tokenizer="cl100k_base", budget=64, locality=1)]
     torch.manual_seed(0)

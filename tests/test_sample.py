@@ -6,7 +6,8 @@ import torch
 
 import sample
 from conftest import PLAIN
-from data import EOT_BYTE, Corpus, Tokenizer, collate
+from data import Corpus, collate
+from tokenizers import EOT_BYTE, Tokenizer
 from model import batch_inputs, load_checkpoint
 
 

