@@ -317,25 +317,11 @@ class Corpus:
         return out
 
 
-def resegment(tok, ids, rate, rng):
-    """The same bytes under another valid segmentation (BPE-dropout style, for training): each token of two
-    or more bytes is, with probability `rate`, cut at a random byte into two pieces, each re-encoded on
-    its own. The bytes are unchanged; only the main stream's ids differ."""
-    out = []
-    for t in ids:
-        b = tok.token_bytes[t]
-        if len(b) < 2 or rng.random() >= rate:
-            out.append(int(t))
-            continue
-        k = int(rng.integers(1, len(b)))
-        for piece in (b[:k], b[k:]):
-            out.extend(tok.encode_any_bytes(piece))
-    return out
-
-
-def resegmented_window(corpus, p, T, main_tok, side_toks, budgets, rate, rng):
-    """Window p of `corpus` with its main tokens resegmented: the first T + 1 tokens after cutting."""
-    ids = resegment(main_tok, corpus.ids[p:p + T + 1], rate, rng)[:T + 1]
+def resegmented_window(corpus, p, T, main_tok, side_toks, budgets, rate, seed):
+    """Window p of `corpus` under a non-canonical segmentation (perturb.noncanonical: a share `rate` of its
+    multi-byte tokens cut in two, the same bytes): the first T + 1 tokens after cutting."""
+    from perturb import noncanonical
+    ids = noncanonical(main_tok, corpus.ids[p:p + T + 1], rate, seed)[0][:T + 1]
     data = main_tok.decode(ids)
     n = min(T, len(ids) - 1)
     return Corpus.from_bytes(data, main_tok, side_toks, main_ids=ids).window(0, T, budgets, n=n)

@@ -49,7 +49,7 @@ DEFAULTS = dict(
     learning_rate=6e-4, min_lr=6e-5, warmup_iters=200,   # linear warmup, then cosine decay to min_lr
     weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,   # grad_clip 0: no clipping
     # making tokens need their bytes (README, Findings); both act in training only
-    resegment=0.0,                 # probability that a token is cut into two (same bytes, other token ids)
+    resegment=0.0,                 # share of multi-byte tokens cut in two (same bytes, other token ids)
     embed_dropout=0.0,             # probability that a token's embedding is zeroed (its identity: bytes only)
     embed_dropout_anneal=0.0,      # >0: embed_dropout decays linearly to 0 over this fraction of max_iters
     # evaluation, logging, checkpoints
@@ -364,7 +364,7 @@ class Batches:
             return make_batch(entries, self.side_toks, self.streams, self.T, self.pack, pin=self.pin)
         budgets = [(tok, sc.budget) for tok, sc in zip(self.side_toks, self.streams)]
         windows = [resegmented_window(self.corpus, p, self.T, self.main_tok, self.side_toks, budgets, self.resegment,
-                                      np.random.default_rng([self.seed, p])) for p in positions]
+                                      f"{self.seed}:{p}") for p in positions]
         return collate(windows, self.streams, self.pack, pin=self.pin)
 
 

@@ -5,30 +5,18 @@ import pytest
 import torch
 
 from conftest import args, run_inprocess, val_losses
-from data import Corpus, collate, resegment, resegmented_window
+from data import Corpus, collate, resegmented_window
 from model import GPT, GPTConfig, batch_inputs
 from test_model import BYTES, TEXT, randomize_cross
 import train
-
-
-def test_resegment_keeps_the_bytes_and_cuts_tokens(toks):
-    tok = toks["bpe300"]
-    ids = tok.encode_any_bytes(TEXT)
-    rng = lambda: np.random.default_rng(0)
-    assert resegment(tok, ids, 0.0, rng()) == list(ids)
-    cut = resegment(tok, ids, 1.0, rng())
-    assert tok.decode(cut) == tok.decode(ids) and len(cut) > len(ids)
-    multi = sum(len(tok.token_bytes[t]) >= 2 for t in ids)
-    assert len(cut) >= len(ids) + multi, "every token of two or more bytes is cut at rate 1"
-    half = resegment(tok, ids, 0.3, rng())
-    assert half == resegment(tok, ids, 0.3, rng()) and len(ids) < len(half) < len(cut)
 
 
 def test_resegmented_window_is_a_window_of_the_same_bytes(toks):
     main, side = toks["bpe300"], [toks["bytes"]]
     c = Corpus.from_bytes(TEXT, main, side)
     T, p = 40, 9
-    w = resegmented_window(c, p, T, main, side, [(side[0], 512)], 0.5, np.random.default_rng(1))
+    w = resegmented_window(c, p, T, main, side, [(side[0], 512)], 0.5, "1:9")
+    assert (w["idx"] == resegmented_window(c, p, T, main, side, [(side[0], 512)], 0.5, "1:9")["idx"]).all()
     plain = c.window(p, T, [(side[0], 512)])
     b0 = int(c.starts[p])
     n = int((w["tok_end"] < 2**31 - 1).sum())
