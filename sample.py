@@ -6,6 +6,7 @@ each generated token, exactly as during training.
     python sample.py --out_dir=out-gpt2-bytes --start=FILE:prompt.txt --temperature=0.7
 """
 import argparse
+import bisect
 import sys
 
 import torch
@@ -30,16 +31,42 @@ def prompt_bytes(start):
         raise SystemExit(f"error: the prompt is not valid UTF-8 (character {e.start}); pass UTF-8 text or FILE:path")
 
 
+WHITESPACE = b" \t\n\r\x0b\x0c"  # data.side_stream's word boundaries
+
+
+def word_start(data, b):
+    """Where the side tokenizers' word holding byte b begins: a side stream tokenized from there on is the
+    same as one tokenized from the start of the text (data.side_stream cuts at whitespace runs and EOT)."""
+    if data[b] == EOT_BYTE:
+        return b
+    if data[b] not in WHITESPACE:  # back to the start of the word, then over the whitespace before it
+        while b > 0 and data[b - 1] not in WHITESPACE and data[b - 1] != EOT_BYTE:
+            b -= 1
+    while b > 0 and data[b - 1] in WHITESPACE:
+        b -= 1
+    return b
+
+
+def context(data, ids, starts, main_tok, side_toks, T):
+    """The window of the last T tokens, built from a suffix of the text only (cost independent of its
+    length), yet what a window of the whole text holds: returns (corpus, first token, tokens)."""
+    p = max(0, len(ids) - T)
+    first = bisect.bisect_right(starts, word_start(data, starts[p])) - 1  # the token holding that word start
+    corpus = Corpus.from_bytes(data[starts[first]:], main_tok, side_toks, main_ids=ids[first:])
+    return corpus, p - first, len(ids) - p
+
+
 @torch.no_grad()
 def generate(model, main_tok, side_toks, data, max_new_tokens, temperature=1.0, top_k=None, device="cpu"):
     """Extend bytes `data` (which may hold EOT bytes) by max_new_tokens main tokens.
     Returns the bytes and the main ids (the prompt's canonical ids, then the generated ones)."""
     c = model.config
     ids = list(Corpus.from_bytes(data, main_tok, []).ids)
+    starts = [0]
+    for t in ids:
+        starts.append(starts[-1] + len(main_tok.token_bytes[t]))
     for _ in range(max_new_tokens):
-        ctx = Corpus.from_bytes(data, main_tok, side_toks, main_ids=ids)
-        p = max(0, len(ids) - c.block_size)
-        n = len(ids) - p
+        ctx, p, n = context(data, ids, starts, main_tok, side_toks, c.block_size)
         x = batch_inputs(make_batch([(ctx, p, n)], side_toks, c.streams, n, trim=True), device)
         logits, _ = model(x["idx"], tok_end=x["tok_end"], sides=x["sides"])
         logits = logits[0, -1, : main_tok.vocab_size].float() / max(temperature, 1e-6)
@@ -49,6 +76,7 @@ def generate(model, main_tok, side_toks, data, max_new_tokens, temperature=1.0, 
         nxt = int(torch.multinomial(torch.softmax(logits, -1), 1))
         ids.append(nxt)
         data += main_tok.token_bytes[nxt]
+        starts.append(len(data))
     return data, ids
 
 

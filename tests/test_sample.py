@@ -60,3 +60,32 @@ def test_bad_prompts_and_checkpoints(trained, tmp_path):
     torch.save(ckpt, retrained)
     with pytest.raises(SystemExit, match="differs from the one the model was trained with"):
         sample.main(["--out_dir", str(retrained)])
+
+
+@pytest.mark.parametrize("block_size", [8, 13])
+def test_context_from_a_suffix_is_the_window_of_the_whole_text(toks, block_size):
+    """Generation rebuilds only the last block_size tokens' text, from the word before them; every step's
+    window equals the one built from all the text so far (a side BPE stream included, whose words must not
+    be cut), at a cost that does not grow with the text."""
+    from model import GPT, GPTConfig
+    from test_model import BYTES, randomize_cross
+    main, side = toks["bpe300"], [toks["bytes"], toks["bpe400"]]
+    streams = [BYTES, dict(BYTES, tokenizer="bpe400", budget=64, locality=1)]
+    torch.manual_seed(0)
+    cfg = GPTConfig(tokenizer="bpe300", vocab_size=main.vocab_size, block_size=block_size, n_layer=1, n_head=2,
+                    n_embd=32, streams=[dict(s, vocab_size=t.vocab_size) for s, t in zip(streams, side)])
+    model = GPT(cfg).eval()
+    randomize_cross(model)
+    data = bytes([EOT_BYTE]) + (PLAIN[:150] + "\n\n  Hello wörld,\tstrawberry  \xff tarts").encode()
+    ids = main.encode_any_bytes(data)
+    starts = [0]
+    for t in ids:
+        starts.append(starts[-1] + len(main.token_bytes[t]))
+    budgets = [(t, s.budget) for t, s in zip(side, cfg.streams)]
+    for k in range(block_size + 1, len(ids) + 1):  # the text so far: its first k tokens
+        ctx, p, n = sample.context(data[:starts[k]], ids[:k], starts[:k + 1], main, side, block_size)
+        whole = Corpus.from_bytes(data[:starts[k]], main, side, main_ids=ids[:k])  # all the text so far
+        got, want = ctx.window(p, n, budgets), whole.window(k - n, n, budgets)
+        assert (got["idx"] == want["idx"]).all() and (got["tok_end"] == want["tok_end"]).all()
+        for (a, b) in zip(got["sides"], want["sides"]):
+            assert all((x == y).all() for x, y in zip(a, b)), f"side stream differs at {k} tokens"
