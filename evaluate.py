@@ -37,7 +37,7 @@ import torch
 
 import tasks
 from data import Corpus, make_batch, read_array
-from model import batch_inputs, open_trained
+from model import batch_inputs, open_trained, pick_device
 from perturb import NOISE_DEFAULTS, noise, noncanonical, parse_noise
 from tokenizers import EOT_BYTE
 
@@ -721,7 +721,7 @@ def group_items(words, tok, args, info):
 
 def main(argv=None):
     args, probe_files = options(argv)
-    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(args.device)
     device_type = "cuda" if device.startswith("cuda") else device
     bf16 = args.dtype == "bfloat16"
     autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()

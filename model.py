@@ -410,6 +410,13 @@ def batch_inputs(batch, device):
                 sides=[{k: to(t) for k, t in side.items()} for side in batch["sides"]])
 
 
+def pick_device(device="auto"):
+    """'auto': the best this machine has (cuda, then mps, then cpu); otherwise `device` as given."""
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+
+
 def load_checkpoint(path, device="cpu"):
     """A trained model from train.py's checkpoint (a file, or an out_dir holding ckpt.pt), in eval mode.
     Returns (model, checkpoint dict without the weights and optimizer). Only tensors and plain data are

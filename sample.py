@@ -12,7 +12,7 @@ import sys
 import torch
 
 from data import Corpus, make_batch
-from model import batch_inputs, open_trained
+from model import batch_inputs, open_trained, pick_device
 from tokenizers import EOT_BYTE, EOT_TEXT
 
 
@@ -91,7 +91,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(args.device)
     prompt = prompt_bytes(args.start)
     model, main_tok, side_toks, _ = open_trained(args.out_dir, device)
     model.attention = "sdpa"  # dense masks are small at sampling sizes, and need no length constraints

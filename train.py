@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from data import Corpus, DataError, collate, data_digest, make_batch, resegmented_window
-from model import GPT, GPTConfig, batch_inputs
+from model import GPT, GPTConfig, batch_inputs, pick_device
 from tokenizers import Tokenizer
 
 DEFAULTS = dict(
@@ -292,9 +292,7 @@ def model_setup(cfg):
 
 def runtime(cfg):
     """(device, device type, dtype, compile, attention), each 'auto' settled for this machine."""
-    device = cfg["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = pick_device(cfg["device"])
     device_type = "cuda" if device.startswith("cuda") else device
     dtype = cfg["dtype"]
     if dtype == "auto":
