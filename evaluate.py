@@ -546,22 +546,17 @@ def markdown_table(results):
     for d, text in (("", "text"), ("2", "text2")):  # the text, then the second domain (--text2)
         if any(get(n, "text" + d) != {} for n in names):
             row(f"{text} bpb", lambda n, d=d: fmt(get(n, "text" + d, "bpb")))
-        first = next((results[n] for n in names if "noise" + d in results[n]), None)
-        if first:
-            row(f"{text} noise: clean context, continuation bpb",
-                lambda n, d=d: fmt(get(n, "noise" + d, "clean_bpb")))
-            for kind, v in first["noise" + d]["kinds"].items():
-                row(f"{text} noise: {kind} {v['rate']:g}, bpb (Δ)",
-                    lambda n, k=kind, g="noise" + d: f"{get(n, g, 'kinds', k, 'bpb'):.4f} "
-                                                     f"({get(n, g, 'kinds', k, 'delta'):+.4f})")
-        first = next((results[n] for n in names if "segmentation" + d in results[n]), None)
-        if first:
-            row(f"{text} segmentation: canonical, continuation bpb",
-                lambda n, d=d: fmt(get(n, "segmentation" + d, "canonical_bpb")))
-            for key, v in first["segmentation" + d]["rates"].items():
-                row(f"{text} segmentation: rate {v['rate']:g}, bpb (Δ)",
-                    lambda n, k=key, g="segmentation" + d: f"{get(n, g, 'rates', k, 'bpb'):.4f} "
-                                                           f"({get(n, g, 'rates', k, 'delta'):+.4f})")
+        for group, items, reference, what in (("noise", "kinds", "clean_bpb", "clean context"),
+                                              ("segmentation", "rates", "canonical_bpb", "canonical")):
+            g = group + d
+            first = next((results[n] for n in names if g in results[n]), None)
+            if not first:
+                continue
+            row(f"{text} {group}: {what}, continuation bpb", lambda n, g=g, r=reference: fmt(get(n, g, r)))
+            for key, v in first[g][items].items():
+                label = f"{key} {v['rate']:g}" if group == "noise" else f"rate {v['rate']:g}"
+                row(f"{text} {group}: {label}, bpb (Δ)",
+                    lambda n, k=key, g=g, i=items: f"{get(n, g, i, k, 'bpb'):.4f} ({get(n, g, i, k, 'delta'):+.4f})")
     first = next((results[n] for n in names if results[n].get("tasks")), None)
     if first:
         for fam, v in first["tasks"].items():

@@ -47,6 +47,12 @@ def canonical(toks, text):
 
 # a budget far below the window's bytes: what is kept must not depend on how long later tokens are
 CAUSAL_VARIANTS = dict(VARIANTS, tight_budget=[dict(BYTES, budget=64)])
+# side streams mixed by a recurrence instead of attention (mixer="recurrent")
+RECURRENT = dict(BYTES, mixer="recurrent")
+CAUSAL_VARIANTS.update(recurrent=[RECURRENT], recurrent_two_layers=[dict(RECURRENT, n_layer=2)],
+                       recurrent_local0=[dict(RECURRENT, locality=0)],
+                       recurrent_two_streams=[RECURRENT, dict(BYTES, tokenizer="bpe400", budget=128, cross_layers=[1],
+                                                              locality=1)])
 CONTINUATIONS = ["berry jam and more shells by the sea, all of them strange", " hat and more shells by the sea"]
 
 
@@ -87,10 +93,11 @@ def test_side_tokens_ending_inside_the_past_can_depend_on_the_future(toks):
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "flex"])
-@pytest.mark.parametrize("variant", ["layer0", "all_layers", "local0", "local2", "two_streams"])
+@pytest.mark.parametrize("variant", ["layer0", "all_layers", "local0", "local2", "two_streams", "recurrent",
+                                     "recurrent_two_layers", "recurrent_local0"])
 def test_own_bytes_change_own_output(toks, variant, attention):
     """Changing the bytes of token i (not its id) changes output i and nothing before it."""
-    m = build(toks, VARIANTS[variant], attention=attention)
+    m = build(toks, CAUSAL_VARIANTS[variant], attention=attention)
     ids = canonical(toks, PREFIX + PREFIX[1:])[: T + 1]
     x, w = inputs(toks, m, ids)
     i = 20

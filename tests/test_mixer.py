@@ -1,13 +1,13 @@
 """Side streams mixed by a gated linear recurrence (mixer="recurrent") instead of self-attention: the scan
-is the recurrence, it is causal, and it restarts at every window, so that packing changes nothing."""
+is the recurrence, and it restarts at every window, so that packing changes nothing. (Its causality is
+tested with every other variation, in test_causality.py.)"""
 import numpy as np
 import pytest
 import torch
 
 from conftest import args, run_inprocess, val_losses
 from model import GPTConfig, Recurrence
-from test_causality import CONTINUATIONS, PREFIX, T, build, canonical, inputs, logits
-from test_model import BYTES, TEXT, batch_for, make, packed, randomize_cross, spread_starts
+from test_model import BYTES, TEXT, batch_for, make, randomize_cross, spread_starts
 
 RECURRENT = dict(BYTES, mixer="recurrent")
 VARIANTS = {
@@ -51,37 +51,6 @@ def test_scan_equals_a_step_by_step_loop():
 def test_mixer_option_is_checked():
     with pytest.raises(ValueError, match="mixer must be 'attention' or 'recurrent'"):
         GPTConfig(n_layer=2, n_head=2, n_embd=32, streams=[dict(BYTES, mixer="rnn")])
-
-
-@pytest.mark.parametrize("attention", ["sdpa", "flex"])
-@pytest.mark.parametrize("variant", ["layer0", "two_layers", "all_layers", "local0", "two_streams"])
-def test_later_tokens_do_not_change_earlier_outputs(toks, variant, attention):
-    m = build(toks, VARIANTS[variant], attention=attention)
-    head = canonical(toks, PREFIX[:40] + " a straw")
-    i = len(head) - 1
-    outs = []
-    for cont in CONTINUATIONS:
-        ids = head + toks["bpe300"].encode(cont) + canonical(toks, " " + PREFIX[1:] * 2)
-        x, _ = inputs(toks, m, ids[: T + 1])
-        outs.append(logits(m, x))
-    assert torch.equal(outs[0][: i + 1], outs[1][: i + 1]), "a later token changed an earlier output"
-    assert not torch.allclose(outs[0][i + 1:], outs[1][i + 1:]), "the change must be visible later on"
-
-
-@pytest.mark.parametrize("attention", ["sdpa", "flex"])
-@pytest.mark.parametrize("variant", ["layer0", "two_layers", "local0"])
-def test_own_bytes_change_own_output(toks, variant, attention):
-    m = build(toks, VARIANTS[variant], attention=attention)
-    ids = canonical(toks, PREFIX + PREFIX[1:])[: T + 1]
-    x, w = inputs(toks, m, ids)
-    i = 20
-    s, e = int(w["tok_start"][i]), int(w["tok_end"][i])
-    side_ids = w["sides"][0][0].copy()
-    side_ids[s:e] = (side_ids[s:e] + 1) % 255
-    y, _ = inputs(toks, m, ids, side_ids=side_ids)
-    a, b = logits(m, x), logits(m, y)
-    assert torch.equal(a[:i], b[:i]), "an earlier token saw later bytes"
-    assert not torch.allclose(a[i], b[i]), "token i must read its own bytes"
 
 
 def packing_error(toks, streams, attention):
