@@ -4,11 +4,14 @@ on one real batch of batch_size windows from data_dir, compiled as train.py comp
 
     python bench.py config/gpt2_baseline.py config/gpt2_bytes.py config/gpt2_cl100k.py --steps=30
     python bench.py config/gpt2_bytes.py --batch_size=16      # --key=value applies to every config
+    python bench.py config/gpt2_baseline.py config/gpt2_bytes.py --anchor=../shared/anchors/nanogpt_bench.py \
+        --json=results/speed_h200.json                        # nanoGPT's 124M timed first, as "anchor"
 
 This is how the README measures what each side stream costs: train.py's tokens/s also includes data loading
 and evaluation. Prints a markdown table; --json=FILE also writes it as JSON.
 """
 import json
+import subprocess
 import sys
 import time
 
@@ -78,10 +81,44 @@ def bench(cfg, steps):
                 loss=loss.item(), attention=attention, compile=use_compile, dtype=dtype)
 
 
+def run_anchor(path, steps, batch_size):
+    """The speed anchor (nanoGPT's 124M, timed by its own script the way bench() times a config), in a
+    process of its own, so that its model and compile caches stay out of ours. Its last output line is a
+    JSON row."""
+    r = subprocess.run([sys.executable, path, f"--steps={steps}", f"--batch_size={batch_size}"],
+                       capture_output=True, text=True)
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise SystemExit(f"error: the anchor {path} printed no JSON row:\n{(r.stdout + r.stderr)[-2000:]}")
+
+
+def table(rows, anchor):
+    """Markdown: every row, and its step time against the first config's (and the anchor's)."""
+    base = next((r["ms"] for r in rows if "ms" in r), None)
+    vs_anchor = " | vs anchor" if anchor else ""
+    lines = [f"| config | params | GFLOP/token | ms/step | vs first{vs_anchor} | tokens/s | MFU | useful MFU | memory | "
+             "warm-up |", "|---" * (10 + bool(anchor)) + "|"]
+    percent = lambda v: f"{100 * v:.1f}%" if v else "-"
+    if anchor:
+        lines.append(f"| {anchor['config']} | {anchor['params'] / 1e6:.1f}M | - | {anchor['ms']:.1f} | - | 1.000x | "
+                     f"{anchor['tok_s'] / 1e3:.1f}K | {percent(anchor['mfu'])} | - | - | {anchor['warmup_s']:.0f} s |")
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['config']} | failed: {r['error']} |")
+            continue
+        mem = f"{r['memory_gb']:.1f} GB" if r["memory_gb"] else "-"
+        ratio = f" | {r['ms'] / anchor['ms']:.3f}x" if anchor else ""
+        lines.append(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['gflop_per_token']:.2f} | {r['ms']:.1f} | "
+                     f"{r['ms'] / base:.3f}x{ratio} | {r['tok_s'] / 1e3:.1f}K | {percent(r['mfu'])} | "
+                     f"{percent(r['useful_mfu'])} | {mem} | {r['warmup_s']:.0f} s |")
+    return "\n".join(lines)
+
+
 def main(argv):
     configs = [a for a in argv if not a.startswith("--")]
     options = [a for a in argv if a.startswith("--")]
-    extra = {"steps": 20, "json": ""}
+    extra = {"steps": 20, "json": "", "anchor": ""}
     for a in list(options):
         key, _, value = a[2:].partition("=")
         if key in extra:
@@ -92,27 +129,30 @@ def main(argv):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"{where} | torch {torch.__version__} | median of {extra['steps']} steps after 3 warm-up steps", flush=True)
+    anchor = None
+    if extra["anchor"]:
+        batch_size = parse_config([configs[0]] + options)[0]["batch_size"]
+        anchor = run_anchor(extra["anchor"], extra["steps"], batch_size)
+        print(f"anchor: {anchor['ms']:.1f} ms/step, {anchor['tok_s'] / 1e3:.0f}K tok/s", flush=True)
     rows = []
     for path in configs:
         cfg, _ = parse_config([path] + options)
-        r = bench(cfg, extra["steps"])
+        try:
+            r = bench(cfg, extra["steps"])
+            print(f"{path}: {r['ms']:.1f} ms/step, {r['tok_s'] / 1e3:.0f}K tok/s (warm-up {r['warmup_s']:.0f}s)",
+                  flush=True)
+        except Exception as e:  # one config that fails (out of memory, a compiler error) spoils no other row
+            r = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+            print(f"{path}: failed ({r['error']})", flush=True)
         rows.append(dict(config=path, **r))
-        print(f"{path}: {r['ms']:.1f} ms/step, {r['tok_s'] / 1e3:.0f}K tok/s (warm-up {r['warmup_s']:.0f}s)", flush=True)
         torch._dynamo.reset()  # each config compiles afresh
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    base = rows[0]["ms"]
-    print("\n| config | params | GFLOP/token | ms/step | vs first | tokens/s | MFU | useful MFU | memory | warm-up |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    percent = lambda v: f"{100 * v:.1f}%" if v else "-"
-    for r in rows:
-        mem = f"{r['memory_gb']:.1f} GB" if r["memory_gb"] else "-"
-        print(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['gflop_per_token']:.2f} | {r['ms']:.1f} | "
-              f"{r['ms'] / base:.3f}x | {r['tok_s'] / 1e3:.1f}K | {percent(r['mfu'])} | {percent(r['useful_mfu'])} | "
-              f"{mem} | {r['warmup_s']:.0f} s |")
-    if extra["json"]:
-        with open(extra["json"], "w") as f:
-            json.dump(dict(device=where, torch=torch.__version__, steps=extra["steps"], rows=rows), f, indent=1)
+        if extra["json"]:  # after every row: a run cut short keeps what it measured
+            with open(extra["json"], "w") as f:
+                json.dump(dict(device=where, torch=torch.__version__, steps=extra["steps"], rows=rows, anchor=anchor),
+                          f, indent=1)
+    print("\n" + table(rows, anchor))
     return rows
 
 

@@ -31,3 +31,24 @@ def test_bench_refuses_a_batch_larger_than_the_data(dataset, toks, tmp_path):
     over = [a for a in args(dataset, toks, tmp_path / "out") if not a.startswith("--batch_size=")]
     with pytest.raises(SystemExit, match="fewer than batch_size"):
         bench.main([str(cfg), "--batch_size=100000", "--steps=1"] + over)
+
+
+def test_bench_keeps_going_past_a_failing_config_and_times_the_anchor(dataset, toks, tmp_path, capsys):
+    """One config that fails (flex attention has no backward on CPU) leaves the others' rows; the JSON is
+    written after every row, with the anchor's row (here a stand-in script printing one JSON line)."""
+    import json
+    flex, plain, anchor = tmp_path / "flex.py", tmp_path / "plain.py", tmp_path / "anchor.py"
+    flex.write_text("attention = 'flex'\ncompile = False\n")
+    plain.write_text("streams = []\n")
+    anchor.write_text("import json\nprint('warming up')\nprint(json.dumps(dict(config='nanoGPT 124M (anchor)', "
+                      "ms=10.0, tok_s=12800.0, mfu=None, params=124000000, warmup_s=1.0)))\n")
+    out = tmp_path / "speed.json"
+    over = [a for a in args(dataset, toks, tmp_path / "out") if not a.startswith(("--streams=", "--compile="))]
+    flex.write_text(flex.read_text() + "streams = [dict(tokenizer='bytes', n_layer=1, n_head=2, n_embd=32, budget=96)]\n")
+    rows = bench.main([str(flex), str(plain), "--steps=1", f"--anchor={anchor}", f"--json={out}"] + over)
+    assert "error" in rows[0] and "backward" in rows[0]["error"] and rows[1]["ms"] > 0
+    saved = json.loads(out.read_text())
+    assert saved["anchor"]["ms"] == 10.0 and [r["config"] for r in saved["rows"]] == [str(flex), str(plain)]
+    table = capsys.readouterr().out
+    assert "vs anchor" in table and "failed: NotImplementedError" in table
+    assert f"{rows[1]['ms'] / 10.0:.3f}x" in table
