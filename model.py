@@ -9,9 +9,10 @@ streams of the same text (UTF-8 bytes by default, or tokens of other tokenizers)
 Who may see what is defined by byte offsets alone (see data.py): token i reads side element m iff
     known[m] <= tok_end[i]                       (m is fully fixed by bytes of tokens 0..i)
     and end[m] > tok_start[i - k]                (only with locality k: m ends inside tokens i-k..i)
-Both bounds are monotone in m, so each token reads one contiguous interval [lo_i, hi_i) of elements.
+Both bounds are monotone in m, so each token reads one contiguous interval [lo_i, hi_i) of elements. The
+data loader computes these intervals (data.visible_intervals, data.collate); the model only applies them.
 Two attention paths compute the same function: "flex" (GPU; FlexAttention with block masks built from
-the intervals) and "sdpa" (CPU and tests; dense boolean masks written straight from the rule above).
+the intervals by arithmetic) and "sdpa" (CPU and tests; dense boolean masks from the same intervals).
 With no streams the model is a plain GPT: RMSNorm, rotary embeddings, QK-norm, ReLU^2 MLP, tied embeddings.
 """
 import math
