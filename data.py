@@ -330,8 +330,13 @@ def resegmented_window(corpus, p, T, main_tok, side_toks, budgets, rate, seed):
 def make_batch(entries, side_toks, streams, T, pack=False, trim=False, pin=False):
     """A batch from windows `entries` = [(corpus, p, n)] (n real tokens from token p, None for T), for side
     streams with tokenizers `side_toks` and configs `streams` (model.StreamConfig)."""
-    budgets = [(tok, sc.budget) for tok, sc in zip(side_toks, streams)]
-    return collate([c.window(p, T, budgets, n=n) for c, p, n in entries], streams, pack, trim, pin)
+    kept = budgets(side_toks, streams)
+    return collate([c.window(p, T, kept, n=n) for c, p, n in entries], streams, pack, trim, pin)
+
+
+def budgets(side_toks, streams):
+    """(tokenizer, budget) per side stream: what Corpus.window keeps of each."""
+    return [(tok, sc.budget) for tok, sc in zip(side_toks, streams)]
 
 
 def visible_intervals(w, s, locality):

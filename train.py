@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from data import Corpus, DataError, collate, data_digest, make_batch, resegmented_window
+from data import Corpus, DataError, budgets, collate, data_digest, make_batch, resegmented_window
 from model import GPT, GPTConfig, batch_inputs, pick_device
 from tokenizers import Tokenizer
 
@@ -360,8 +360,8 @@ class Batches:
         if not self.resegment:
             entries = [(self.corpus, p, None) for p in positions]
             return make_batch(entries, self.side_toks, self.streams, self.T, self.pack, pin=self.pin)
-        budgets = [(tok, sc.budget) for tok, sc in zip(self.side_toks, self.streams)]
-        windows = [resegmented_window(self.corpus, p, self.T, self.main_tok, self.side_toks, budgets, self.resegment,
+        kept = budgets(self.side_toks, self.streams)
+        windows = [resegmented_window(self.corpus, p, self.T, self.main_tok, self.side_toks, kept, self.resegment,
                                       f"{self.seed}:{p}") for p in positions]
         return collate(windows, self.streams, self.pack, pin=self.pin)
 
