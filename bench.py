@@ -6,11 +6,13 @@ on one real batch of batch_size windows from data_dir, compiled as train.py comp
     python bench.py config/gpt2_bytes.py --batch_size=16      # --key=value applies to every config
     python bench.py config/gpt2_baseline.py config/gpt2_bytes.py --anchor=../shared/anchors/nanogpt_bench.py \
         --json=results/speed_h200.json                        # nanoGPT's 124M timed first, as "anchor"
+    python bench.py config/gpt2_bytes.py --profile=prof       # + prof/gpt2_bytes.txt: time per kernel
 
 This is how the README measures what each side stream costs: train.py's tokens/s also includes data loading
 and evaluation. Prints a markdown table; --json=FILE also writes it as JSON.
 """
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +25,22 @@ from model import GPT, batch_inputs
 from train import PEAK_FLOPS, Batches, check_attention, model_setup, parse_config, runtime
 
 
-def bench(cfg, steps):
+def profile(step, path, steps=5):
+    """torch.profiler over a few warm steps: the kernels that take the time, as a table in `path`."""
+    from torch.profiler import ProfilerActivity, profile as profiler
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profiler(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    with open(path, "w") as f:
+        f.write(f"{steps} steps; times are totals over them\n")
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=90))
+
+
+def bench(cfg, steps, profile_path=""):
     device, device_type, dtype, use_compile, attention = runtime(cfg)
     cuda = device_type == "cuda"
     main_tok, side_toks, model_config = model_setup(cfg)
@@ -71,6 +88,8 @@ def bench(cfg, steps):
         loss = step()
         sync()
         times.append(time.time() - t)
+    if profile_path:
+        profile(step, profile_path)
     dt = float(np.median(times))
     peak = next((v for k, v in PEAK_FLOPS.items() if cuda and k in torch.cuda.get_device_name()), None)
     return dict(params=sum(p.numel() for p in model.parameters()), gflop_per_token=flops / 1e9,
@@ -118,7 +137,7 @@ def table(rows, anchor):
 def main(argv):
     configs = [a for a in argv if not a.startswith("--")]
     options = [a for a in argv if a.startswith("--")]
-    extra = {"steps": 20, "json": "", "anchor": ""}
+    extra = {"steps": 20, "json": "", "anchor": "", "profile": ""}
     for a in list(options):
         key, _, value = a[2:].partition("=")
         if key in extra:
@@ -138,11 +157,15 @@ def main(argv):
     for path in configs:
         cfg, _ = parse_config([path] + options)
         try:
-            r = bench(cfg, extra["steps"])
+            if extra["profile"]:
+                os.makedirs(extra["profile"], exist_ok=True)
+            where_profile = extra["profile"] and os.path.join(extra["profile"], os.path.basename(path)[:-3] + ".txt")
+            r = bench(cfg, extra["steps"], where_profile)
             print(f"{path}: {r['ms']:.1f} ms/step, {r['tok_s'] / 1e3:.0f}K tok/s (warm-up {r['warmup_s']:.0f}s)",
                   flush=True)
         except Exception as e:  # one config that fails (out of memory, a compiler error) spoils no other row
-            r = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+            first_line = (str(e).strip().splitlines() or [""])[0]  # the table keeps one line per config
+            r = dict(error=f"{type(e).__name__}: {first_line[:300]}")
             print(f"{path}: failed ({r['error']})", flush=True)
         rows.append(dict(config=path, **r))
         torch._dynamo.reset()  # each config compiles afresh

@@ -164,12 +164,11 @@ class Recurrence(nn.Module):
         log_a = torch.where(reset[..., None], -1000.0, -F.softplus(k))
         b = torch.sigmoid(k) * h_new
         # Heinsen's parallel scan, h_t = sum_{s<=t} exp(A_t - A_s) b_s with A = cumsum(log_a), one cumsum and
-        # one logcumsumexp (no loop over the sequence); signed b as its positive and negative parts. Float64:
-        # A runs over a whole packed row (1e5+ elements), where float32 would keep too few digits of A_t - A_s
+        # one logcumsumexp per sign of b (no loop over the sequence). Float64: A runs over a whole packed row
+        # (1e5+ elements), where float32 would keep too few digits of A_t - A_s
         A = log_a.cumsum(1)
-        parts = torch.stack([b, -b]).clamp_min(1e-300).log()
-        h = (A + torch.logcumsumexp(parts - A, dim=2)).exp()
-        return self.proj((h[0] - h[1]).to(x.dtype))
+        scan = lambda part: (A + torch.logcumsumexp(part.clamp_min(1e-300).log() - A, dim=1)).exp()
+        return self.proj((scan(b) - scan(-b)).to(x.dtype))
 
 
 class Block(nn.Module):

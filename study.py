@@ -34,7 +34,8 @@ from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PROGRESS_S = 30  # seconds between progress lines
-GPU_JOBS = 24  # jobs at once on a GPU by default: a small training run takes about 4 GB of an H200's 139
+GPU_JOBS = 24  # most jobs at once on a GPU by default, fewer where memory is short:
+GB_PER_JOB = 9  # measured peak of a study run on an H200: 4.4 GB without bytes, 8.9 GB with them
 # two-sided 95% quantiles of Student's t for df = 1..30 (beyond: the df-30 value, slightly conservative)
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -53,7 +54,7 @@ def parse_args(argv):
     p.add_argument("--out", default="results/study")
     p.add_argument("--baseline", default="baseline", help="the arm the others are compared with")
     p.add_argument("--max_iters", type=int, help="every arm's max_iters (time-matched arms: scaled)")
-    p.add_argument("--parallel", type=int, help=f"jobs at once (default: up to {GPU_JOBS} on CUDA, 1 on CPU)")
+    p.add_argument("--parallel", type=int, help=f"jobs at once (default: on CUDA as many as fit, {GB_PER_JOB} GB each, up to {GPU_JOBS}; 1 on CPU)")
     p.add_argument("--train_args", default="", help="more train.py (and bench.py) options: '--key=value ...'")
     p.add_argument("--eval_args", default="", help="more evaluate.py options, e.g. '--dtype bfloat16'")
     p.add_argument("--text2", help="a second text domain (evaluate.py --text2)")
@@ -132,6 +133,15 @@ def plan_runs(args, arms, ratios):
                           f"--out_dir={run['dir']}", f"--max_iters={run['steps']}",
                           *shlex.split(args.train_args), *["--init_from=resume"] * (run["state"] == "resume")]
     return runs
+
+
+def default_parallel(n_runs):
+    """One job at a time on a CPU; on a GPU as many as its free memory holds (GB_PER_JOB each), at most
+    GPU_JOBS: 21 runs at once filled an H200 and some died out of memory."""
+    if not torch.cuda.is_available():
+        return 1
+    fits = int(torch.cuda.mem_get_info()[0] / 2**30 // GB_PER_JOB)
+    return max(1, min(n_runs, GPU_JOBS, fits))
 
 
 def run_jobs(jobs, parallel, what):
@@ -380,7 +390,7 @@ def main(argv=None):
         print(f"{r['name']}: {state}" + (f" | {shlex.join(r['cmd'])}" if state in ("new", "resume") else ""))
     if args.dry_run:
         return print("then: " + shlex.join(["python", "evaluate.py", "RUN...", *options]))
-    parallel = args.parallel or (min(len(runs), GPU_JOBS) if torch.cuda.is_available() else 1)
+    parallel = args.parallel or default_parallel(len(runs))
     todo = [r for r in runs if r.get("state") in ("new", "resume")]
     for r in todo:
         os.makedirs(r["dir"], exist_ok=True)
@@ -392,7 +402,8 @@ def main(argv=None):
                       parallel, "train")
     for r in (r for r in runs if r["name"] in failed):
         lines = [line for line in open(f"{r['dir']}/train.log").read().splitlines() if line.strip()]
-        r["error"] = f"train.py failed: {lines[-1] if lines else '(no output)'} (see {r['dir']}/train.log)"
+        last = lines[-1][:200] + " ..." * (len(lines[-1]) > 200) if lines else "(no output)"  # an OOM line is long
+        r["error"] = f"train.py failed: {last} (see {r['dir']}/train.log)"
     trained = [r for r in runs if not r["error"]]
     jobs = eval_jobs(trained, options, parallel, args.out)
     failed = run_jobs(jobs, parallel, "evaluate")

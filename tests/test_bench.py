@@ -15,7 +15,7 @@ def test_bench_times_each_config(dataset, toks, tmp_path, capsys):
     with_bytes.write_text("streams = [dict(tokenizer='bytes', n_layer=1, n_head=2, n_embd=32, window=16, budget=96)]\n")
     plain.write_text("streams = []\n")
     over = [a for a in args(dataset, toks, tmp_path / "out") if not a.startswith("--streams=")]
-    rows = bench.main([str(with_bytes), str(plain), "--steps=2"] + over)
+    rows = bench.main([str(with_bytes), str(plain), "--steps=2", f"--profile={tmp_path / 'prof'}"] + over)
     b, p = rows
     assert b["tokens"] == p["tokens"] == 4 * 32  # batch_size x block_size
     assert all(r["ms"] > 0 and math.isclose(r["tok_s"], r["tokens"] / r["ms"] * 1000) for r in rows)
@@ -23,6 +23,9 @@ def test_bench_times_each_config(dataset, toks, tmp_path, capsys):
     assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in rows)
     table = capsys.readouterr().out
     assert str(with_bytes) in table and str(plain) in table and "ms/step" in table
+    for name in ("bytes", "plain"):  # --profile: a kernel table per config
+        profile = (tmp_path / "prof" / f"{name}.txt").read_text()
+        assert profile.startswith("5 steps") and "aten::mm" in profile and "Self CPU" in profile
 
 
 def test_bench_refuses_a_batch_larger_than_the_data(dataset, toks, tmp_path):
@@ -51,4 +54,5 @@ def test_bench_keeps_going_past_a_failing_config_and_times_the_anchor(dataset, t
     assert saved["anchor"]["ms"] == 10.0 and [r["config"] for r in saved["rows"]] == [str(flex), str(plain)]
     table = capsys.readouterr().out
     assert "vs anchor" in table and "failed: NotImplementedError" in table
+    assert all(line.startswith("|") for line in table[table.index("| config"):].strip().splitlines())  # one line a row
     assert f"{rows[1]['ms'] / 10.0:.3f}x" in table
