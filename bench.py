@@ -1,15 +1,18 @@
 """
-Time training steps of one or more configs, without the data pipeline: forward, backward and optimizer step
-on one real batch of batch_size windows from data_dir, compiled as train.py compiles it.
+Time training steps of one or more configs, without the data pipeline: forward, backward and
+optimizer step on one real batch of batch_size windows from data_dir, compiled as train.py compiles
+it.
 
     python bench.py config/gpt2_baseline.py config/gpt2_bytes.py config/gpt2_cl100k.py --steps=30
     python bench.py config/gpt2_bytes.py --batch_size=16      # --key=value applies to every config
-    python bench.py config/gpt2_baseline.py config/gpt2_bytes.py --anchor=../shared/anchors/nanogpt_bench.py \
-        --json=results/speed_h200.json                        # nanoGPT's 124M timed first, as "anchor"
-    python bench.py config/gpt2_bytes.py --profile=prof       # + prof/gpt2_bytes.txt: time per kernel
+    # nanoGPT's 124M timed first, as "anchor":
+    python bench.py config/gpt2_baseline.py config/gpt2_bytes.py \\
+        --anchor=../shared/anchors/nanogpt_bench.py --json=results/speed_h200.json
+    # + prof/gpt2_bytes.txt: time per kernel
+    python bench.py config/gpt2_bytes.py --profile=prof
 
-This is how the README measures what each side stream costs: train.py's tokens/s also includes data loading
-and evaluation. Prints a markdown table; --json=FILE also writes it as JSON.
+This is how the README measures what each side stream costs: train.py's tokens/s also includes data
+loading and evaluation. Prints a markdown table; --json=FILE also writes it as JSON.
 """
 import json
 import os
@@ -26,9 +29,12 @@ from train import PEAK_FLOPS, Batches, check_attention, model_setup, parse_confi
 
 
 def profile(step, path, steps=5):
-    """torch.profiler over a few warm steps: the kernels that take the time, as a table in `path`."""
+    """torch.profiler over a few warm steps: the kernels that take the time, as a table in
+    `path`."""
     from torch.profiler import ProfilerActivity, profile as profiler
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
     with profiler(activities=activities) as prof:
         for _ in range(steps):
             step()
@@ -51,7 +57,8 @@ def bench(cfg, steps, profile_path=""):
     B, T = cfg["batch_size"], cfg["block_size"]
     batches = Batches(corpus, T, main_tok, side_toks, model_config.streams, cfg["seed"], pack=True)
     if batches.n < B:
-        raise SystemExit(f"error: {cfg['data_dir']} holds {batches.n} windows of {T} tokens, fewer than batch_size {B}")
+        raise SystemExit(f"error: {cfg['data_dir']} holds {batches.n} windows of {T} tokens, "
+                         f"fewer than batch_size {B}")
     batch = batches.get(batches.positions(0, B))
     inputs = batch_inputs(batch, device)
     torch.manual_seed(cfg["seed"])
@@ -60,7 +67,8 @@ def bench(cfg, steps, profile_path=""):
     check_attention(model_config, attention)
     flops = model.flops_per_token()  # what the hardware computes (padding included)
     useful = model.flops_per_token(useful_counts(batch)) if model_config.streams else flops
-    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]),
+    betas = (cfg["beta1"], cfg["beta2"])
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], betas,
                                           device_type)
     step_model = torch.compile(model) if use_compile else model
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
@@ -91,7 +99,8 @@ def bench(cfg, steps, profile_path=""):
     if profile_path:
         profile(step, profile_path)
     dt = float(np.median(times))
-    peak = next((v for k, v in PEAK_FLOPS.items() if cuda and k in torch.cuda.get_device_name()), None)
+    peak = next((v for k, v in PEAK_FLOPS.items()
+                 if cuda and k in torch.cuda.get_device_name()), None)
     return dict(params=sum(p.numel() for p in model.parameters()), gflop_per_token=flops / 1e9,
                 tokens=B * T, ms=1000 * dt, ms_min=1000 * min(times), tok_s=B * T / dt,
                 mfu=flops * B * T / dt / peak if peak else None,
@@ -101,36 +110,40 @@ def bench(cfg, steps, profile_path=""):
 
 
 def run_anchor(path, steps, batch_size):
-    """The speed anchor (nanoGPT's 124M, timed by its own script the way bench() times a config), in a
-    process of its own, so that its model and compile caches stay out of ours. Its last output line is a
-    JSON row."""
+    """The speed anchor (nanoGPT's 124M, timed by its own script the way bench() times a config), in
+    a process of its own, so that its model and compile caches stay out of ours. Its last output
+    line is a JSON row."""
     r = subprocess.run([sys.executable, path, f"--steps={steps}", f"--batch_size={batch_size}"],
                        capture_output=True, text=True)
     try:
         return json.loads(r.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        raise SystemExit(f"error: the anchor {path} printed no JSON row:\n{(r.stdout + r.stderr)[-2000:]}")
+        output = (r.stdout + r.stderr)[-2000:]
+        raise SystemExit(f"error: the anchor {path} printed no JSON row:\n{output}")
 
 
 def table(rows, anchor):
     """Markdown: every row, and its step time against the first config's (and the anchor's)."""
     base = next((r["ms"] for r in rows if "ms" in r), None)
     vs_anchor = " | vs anchor" if anchor else ""
-    lines = [f"| config | params | GFLOP/token | ms/step | vs first{vs_anchor} | tokens/s | MFU | useful MFU | memory | "
-             "warm-up |", "|---" * (10 + bool(anchor)) + "|"]
+    header = (f"| config | params | GFLOP/token | ms/step | vs first{vs_anchor} | tokens/s | MFU "
+              "| useful MFU | memory | warm-up |")
+    lines = [header, "|---" * (10 + bool(anchor)) + "|"]
     percent = lambda v: f"{100 * v:.1f}%" if v else "-"
     if anchor:
-        lines.append(f"| {anchor['config']} | {anchor['params'] / 1e6:.1f}M | - | {anchor['ms']:.1f} | - | 1.000x | "
-                     f"{anchor['tok_s'] / 1e3:.1f}K | {percent(anchor['mfu'])} | - | - | {anchor['warmup_s']:.0f} s |")
+        lines.append(f"| {anchor['config']} | {anchor['params'] / 1e6:.1f}M | - | "
+                     f"{anchor['ms']:.1f} | - | 1.000x | {anchor['tok_s'] / 1e3:.1f}K | "
+                     f"{percent(anchor['mfu'])} | - | - | {anchor['warmup_s']:.0f} s |")
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['config']} | failed: {r['error']} |")
             continue
         mem = f"{r['memory_gb']:.1f} GB" if r["memory_gb"] else "-"
         ratio = f" | {r['ms'] / anchor['ms']:.3f}x" if anchor else ""
-        lines.append(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['gflop_per_token']:.2f} | {r['ms']:.1f} | "
-                     f"{r['ms'] / base:.3f}x{ratio} | {r['tok_s'] / 1e3:.1f}K | {percent(r['mfu'])} | "
-                     f"{percent(r['useful_mfu'])} | {mem} | {r['warmup_s']:.0f} s |")
+        lines.append(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['gflop_per_token']:.2f} | "
+                     f"{r['ms']:.1f} | {r['ms'] / base:.3f}x{ratio} | {r['tok_s'] / 1e3:.1f}K | "
+                     f"{percent(r['mfu'])} | {percent(r['useful_mfu'])} | {mem} | "
+                     f"{r['warmup_s']:.0f} s |")
     return "\n".join(lines)
 
 
@@ -147,7 +160,8 @@ def main(argv):
         raise SystemExit(__doc__)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"{where} | torch {torch.__version__} | median of {extra['steps']} steps after 3 warm-up steps", flush=True)
+    print(f"{where} | torch {torch.__version__} | "
+          f"median of {extra['steps']} steps after 3 warm-up steps", flush=True)
     anchor = None
     if extra["anchor"]:
         batch_size = parse_config([configs[0]] + options)[0]["batch_size"]
@@ -159,12 +173,15 @@ def main(argv):
         try:
             if extra["profile"]:
                 os.makedirs(extra["profile"], exist_ok=True)
-            where_profile = extra["profile"] and os.path.join(extra["profile"], os.path.basename(path)[:-3] + ".txt")
+            profile_name = os.path.basename(path)[:-3] + ".txt"
+            where_profile = extra["profile"] and os.path.join(extra["profile"], profile_name)
             r = bench(cfg, extra["steps"], where_profile)
-            print(f"{path}: {r['ms']:.1f} ms/step, {r['tok_s'] / 1e3:.0f}K tok/s (warm-up {r['warmup_s']:.0f}s)",
-                  flush=True)
-        except Exception as e:  # one config that fails (out of memory, a compiler error) spoils no other row
-            first_line = (str(e).strip().splitlines() or [""])[0]  # the table keeps one line per config
+            print(f"{path}: {r['ms']:.1f} ms/step, {r['tok_s'] / 1e3:.0f}K tok/s "
+                  f"(warm-up {r['warmup_s']:.0f}s)", flush=True)
+        except Exception as e:
+            # one config that fails (out of memory, a compiler error) spoils no other row; the
+            # table keeps one line per config
+            first_line = (str(e).strip().splitlines() or [""])[0]
             r = dict(error=f"{type(e).__name__}: {first_line[:300]}")
             print(f"{path}: failed ({r['error']})", flush=True)
         rows.append(dict(config=path, **r))
@@ -173,8 +190,9 @@ def main(argv):
             torch.cuda.empty_cache()
         if extra["json"]:  # after every row: a run cut short keeps what it measured
             with open(extra["json"], "w") as f:
-                json.dump(dict(device=where, torch=torch.__version__, steps=extra["steps"], rows=rows, anchor=anchor),
-                          f, indent=1)
+                report = dict(device=where, torch=torch.__version__, steps=extra["steps"],
+                              rows=rows, anchor=anchor)
+                json.dump(report, f, indent=1)
     print("\n" + table(rows, anchor))
     return rows
 

@@ -1,19 +1,21 @@
 """
-bytecross: a token-level GPT that reads, through cross-attention, small causal GPTs running over other
-streams of the same text (UTF-8 bytes by default, or tokens of other tokenizers).
+bytecross: a token-level GPT that reads, through cross-attention, small causal GPTs running over
+other streams of the same text (UTF-8 bytes by default, or tokens of other tokenizers).
 
     main stream:  GPT over BPE tokens (width n_embd), causal self-attention
     side stream:  small GPT over bytes (width stream n_embd), causal sliding-window self-attention
-    cross:        in chosen main layers, token i attends to side elements that lie within tokens 0..i
+    cross:        in chosen main layers, token i attends to side elements that lie within
+                  tokens 0..i
 
 Who may see what is defined by byte offsets alone (see data.py): token i reads side element m iff
     known[m] <= tok_end[i]                       (m is fully fixed by bytes of tokens 0..i)
     and end[m] > tok_start[i - k]                (only with locality k: m ends inside tokens i-k..i)
-Both bounds are monotone in m, so each token reads one contiguous interval [lo_i, hi_i) of elements. The
-data loader computes these intervals (data.visible_intervals, data.collate); the model only applies them.
-Two attention paths compute the same function: "flex" (GPU; FlexAttention with block masks built from
-the intervals by arithmetic) and "sdpa" (CPU and tests; dense boolean masks from the same intervals).
-With no streams the model is a plain GPT: RMSNorm, rotary embeddings, QK-norm, ReLU^2 MLP, tied embeddings.
+Both bounds are monotone in m, so each token reads one contiguous interval [lo_i, hi_i) of
+elements. The data loader computes these intervals (data.visible_intervals, data.collate); the
+model only applies them. Two attention paths compute the same function: "flex" (GPU; FlexAttention
+with block masks built from the intervals by arithmetic) and "sdpa" (CPU and tests; dense boolean
+masks from the same intervals). With no streams the model is a plain GPT: RMSNorm, rotary
+embeddings, QK-norm, ReLU^2 MLP, tied embeddings.
 """
 import math
 from dataclasses import dataclass, field, fields
@@ -29,18 +31,23 @@ FLEX_BLOCK = 128
 
 @dataclass
 class StreamConfig:
-    tokenizer: str = "bytes"        # 'bytes', a tiktoken name ('gpt2', 'cl100k_base') or a .tiktoken file
+    tokenizer: str = "bytes"        # 'bytes', a tiktoken name ('gpt2', 'cl100k_base') or a
+                                    # .tiktoken file
     vocab_size: int = 256           # set from the tokenizer by train.py
     n_layer: int = 2
     n_head: int = 2
     n_embd: int = 128
     window: int = 256               # sliding attention window over the stream's own elements
-    budget: int = 4096              # most elements one window keeps (tokens past them read no own bytes)
-    packed_budget: int = 0          # >0: in training, a batch's windows share one row of B * packed_budget
-                                    # elements (set near the mean per window: no padding to compute)
+    budget: int = 4096              # most elements one window keeps (tokens past them read no
+                                    # own bytes)
+    packed_budget: int = 0          # >0: in training, a batch's windows share one row of
+                                    # B * packed_budget elements (set near the mean per window:
+                                    # no padding to compute)
     cross_layers: object = (0,)     # main layers that read this stream: a list of indices, or "all"
-    locality: object = None         # k: token i reads only elements ending inside tokens i-k..i; None: all
-    mixer: str = "attention"        # how the stream mixes its own elements: "attention" or "recurrent"
+    locality: object = None         # k: token i reads only elements ending inside tokens
+                                    # i-k..i; None: all
+    mixer: str = "attention"        # how the stream mixes its own elements: "attention" or
+                                    # "recurrent"
 
 
 @dataclass
@@ -61,21 +68,25 @@ class GPTConfig:
             if isinstance(s, dict):
                 bad = set(s) - valid
                 if bad:
-                    raise ValueError(f"unknown stream option(s) {sorted(bad)}; valid: {sorted(valid)}")
+                    raise ValueError(f"unknown stream option(s) {sorted(bad)}; "
+                                     f"valid: {sorted(valid)}")
                 s = StreamConfig(**s)
             if s.cross_layers == "all":
                 s.cross_layers = list(range(self.n_layer))
             s.cross_layers = sorted(int(l) for l in s.cross_layers)
             if not all(0 <= l < self.n_layer for l in s.cross_layers):
-                raise ValueError(f"stream {s.tokenizer}: cross_layers {s.cross_layers} outside 0..{self.n_layer - 1}")
+                raise ValueError(f"stream {s.tokenizer}: cross_layers {s.cross_layers} "
+                                 f"outside 0..{self.n_layer - 1}")
             if s.mixer not in ("attention", "recurrent"):
                 raise ValueError(f"stream {s.tokenizer}: mixer must be 'attention' or 'recurrent', "
                                  f"not {s.mixer!r}")
             if s.locality is not None and int(s.locality) < 0:
                 raise ValueError(f"stream {s.tokenizer}: locality must be None or >= 0")
-            for name, width, heads in (("main", self.n_embd, self.n_head), (s.tokenizer, s.n_embd, s.n_head)):
+            shapes = (("main", self.n_embd, self.n_head), (s.tokenizer, s.n_embd, s.n_head))
+            for name, width, heads in shapes:
                 if width % heads or (width // heads) % 2:
-                    raise ValueError(f"{name}: n_embd {width} must split into n_head {heads} heads of even size")
+                    raise ValueError(f"{name}: n_embd {width} must split into n_head {heads} "
+                                     f"heads of even size")
             streams.append(s)
         if len({s.tokenizer for s in streams}) != len(streams):
             raise ValueError("each side stream needs its own tokenizer")
@@ -85,7 +96,8 @@ class GPTConfig:
 # building blocks
 
 def padded(vocab_size):
-    """Embedding rows rounded up to a multiple of 64: faster matrix shapes (nanoGPT's 50257 -> 50304)."""
+    """Embedding rows rounded up to a multiple of 64: faster matrix shapes
+    (nanoGPT's 50257 -> 50304)."""
     return -(-vocab_size // 64) * 64
 
 
@@ -94,8 +106,10 @@ def norm(x):
 
 
 def rope(pos, head_dim, base=10000.0):
-    """cos, sin for integer positions pos (..., T): shape (..., 1, T, head_dim/2) to broadcast over heads."""
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    """cos, sin for integer positions pos (..., T): shape (..., 1, T, head_dim/2) to broadcast
+    over heads."""
+    dims = torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32)
+    inv_freq = base ** (-dims / head_dim)
     angles = pos.float()[..., None] * inv_freq
     return angles.cos().unsqueeze(-3), angles.sin().unsqueeze(-3)
 
@@ -150,8 +164,8 @@ class MLP(nn.Module):
 class Recurrence(nn.Module):
     """A minimal gated linear recurrence (minGRU), in place of a side stream's self-attention:
         z_t = sigmoid(W_z x_t), h_t = (1 - z_t) * h_{t-1} + z_t * W_h x_t, out_t = W_o h_t
-    linear in length and causal by construction. h restarts from 0 at every `reset` (an element first in
-    its window), so windows packed back to back in one row never see each other."""
+    linear in length and causal by construction. h restarts from 0 at every `reset` (an element
+    first in its window), so windows packed back to back in one row never see each other."""
 
     def __init__(self, dim):
         super().__init__()
@@ -163,17 +177,19 @@ class Recurrence(nn.Module):
         # log(1 - z); a decay of e^-1000 (0 in float64) at a reset forgets everything before it
         log_a = torch.where(reset[..., None], -1000.0, -F.softplus(k))
         b = torch.sigmoid(k) * h_new
-        # Heinsen's parallel scan, h_t = sum_{s<=t} exp(A_t - A_s) b_s with A = cumsum(log_a), one cumsum and
-        # one logcumsumexp per sign of b (no loop over the sequence). Float64: A runs over a whole packed row
-        # (1e5+ elements), where float32 would keep too few digits of A_t - A_s
+        # Heinsen's parallel scan, h_t = sum_{s<=t} exp(A_t - A_s) b_s with A = cumsum(log_a), one
+        # cumsum and one logcumsumexp per sign of b (no loop over the sequence). Float64: A runs
+        # over a whole packed row (1e5+ elements), where float32 would keep too few digits of
+        # A_t - A_s
         A = log_a.cumsum(1)
         scan = lambda part: (A + torch.logcumsumexp(part.clamp_min(1e-300).log() - A, dim=1)).exp()
         return self.proj((scan(b) - scan(-b)).to(x.dtype))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; `reads` lists (stream index, width, heads) for cross-attention. A side
-    stream's block may mix its elements by a recurrence instead of self-attention (mixer="recurrent")."""
+    """Pre-norm transformer block; `reads` lists (stream index, width, heads) for cross-attention.
+    A side stream's block may mix its elements by a recurrence instead of self-attention
+    (mixer="recurrent")."""
 
     def __init__(self, dim, n_head, dropout, reads=(), mixer="attention"):
         super().__init__()
@@ -185,21 +201,23 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, rope_, mask, read=()):
-        """read: per side stream, (states, query rope, key rope, mask) from GPT.run_stream. A recurrent
-        block's mask is its reset mask (rows, elements)."""
+        """read: per side stream, (states, query rope, key rope, mask) from GPT.run_stream.
+        A recurrent block's mask is its reset mask (rows, elements)."""
         if self.recur is not None:
             x = x + self.drop(self.recur(norm(x), mask))
         else:
             x = x + self.drop(self.attn(norm(x), None, rope_, rope_, mask))
         for s, xattn in zip(self.reads, self.cross):
             h, q_rope, k_rope, cross_mask = read[s]
-            q = norm(x).view(h.size(0), -1, x.size(-1))  # a packed stream: all B*T tokens are one row
+            # a packed stream: all B*T tokens are one row
+            q = norm(x).view(h.size(0), -1, x.size(-1))
             x = x + self.drop(xattn(q, h, q_rope, k_rope, cross_mask).view_as(x))
         return x + self.drop(self.mlp(norm(x)))
 
 
 class StreamGPT(nn.Module):
-    """A small causal GPT over one side stream, with sliding-window attention (or a recurrence); no head."""
+    """A small causal GPT over one side stream, with sliding-window attention (or a recurrence);
+    no head."""
 
     def __init__(self, sc, dropout):
         super().__init__()
@@ -209,7 +227,8 @@ class StreamGPT(nn.Module):
                                     for _ in range(sc.n_layer))
 
     def forward(self, ids, rope_, mask):
-        """mask: self-attention's, or for a recurrent stream its reset mask (True where a window starts)."""
+        """mask: self-attention's, or for a recurrent stream its reset mask (True where a window
+        starts)."""
         x = self.wte(ids)
         for block in self.blocks:
             x = block(x, rope_, mask)
@@ -228,8 +247,9 @@ def interval_mask(lo, hi, kv_len, flex):
 
 
 def block_lists(first, stop, full_first, full_stop, n):
-    """Sparse block lists from contiguous ranges: per row, the partial blocks [first, stop) minus the full
-    ones [full_first, full_stop) (a sub-range, possibly empty), as (count, indices) each."""
+    """Sparse block lists from contiguous ranges: per row, the partial blocks [first, stop) minus
+    the full ones [full_first, full_stop) (a sub-range, possibly empty), as (count, indices)
+    each."""
     has_full = full_stop > full_first
     f0, f1 = torch.where(has_full, full_first, stop), torch.where(has_full, full_stop, stop)
     j = torch.arange(n, device=first.device)
@@ -241,19 +261,22 @@ def block_lists(first, stop, full_first, full_stop, n):
 
 
 def interval_block_mask(lo, hi, kv_len):
-    """FlexAttention BlockMask for 'query q sees keys [lo[r,q], hi[r,q])', lo and hi nondecreasing in q.
-    Plain arithmetic on block bounds (no sort, no search), so it compiles into the training graph: with
-    monotone bounds, the key blocks a query block touches, and those it sees in full, are ranges."""
+    """FlexAttention BlockMask for 'query q sees keys [lo[r,q], hi[r,q])', lo and hi nondecreasing
+    in q. Plain arithmetic on block bounds (no sort, no search), so it compiles into the training
+    graph: with monotone bounds, the key blocks a query block touches, and those it sees in full,
+    are ranges."""
     R, Q = lo.shape
     nq, nk = -(-Q // FLEX_BLOCK), -(-kv_len // FLEX_BLOCK)
-    pad = lambda t: torch.cat([t, t[:, -1:].expand(R, nq * FLEX_BLOCK - Q)], 1)  # repeat the last query
+    # queries padded to whole blocks by repeating the last query
+    pad = lambda t: torch.cat([t, t[:, -1:].expand(R, nq * FLEX_BLOCK - Q)], 1)
     lo_p, hi_p = pad(lo), pad(hi)
     lo_b, hi_b = lo_p.view(R, nq, FLEX_BLOCK), hi_p.view(R, nq, FLEX_BLOCK)
     first, stop = lo_b[..., 0] // FLEX_BLOCK, -(-hi_b[..., -1] // FLEX_BLOCK)
     full_first, full_stop = -(-lo_b[..., -1] // FLEX_BLOCK), hi_b[..., 0] // FLEX_BLOCK
     stop = torch.maximum(stop.clamp(max=nk), first)
     kv = block_lists(first, stop, full_first, full_stop, nk)
-    # the transpose, for the backward pass: per key block, the query blocks that see it (also ranges)
+    # the transpose, for the backward pass: per key block, the query blocks that see it
+    # (also ranges)
     kb = torch.arange(nk, device=lo.device)[None, None, :]
     some = (kb >= first[..., None]) & (kb < stop[..., None])
     full = (kb >= full_first[..., None]) & (kb < full_stop[..., None])
@@ -261,9 +284,12 @@ def interval_block_mask(lo, hi, kv_len):
     q_first, q_full_first = at(some), at(full)
     q = block_lists(q_first, q_first + count(some), q_full_first, q_full_first + count(full), nq)
     mask_mod = lambda b, h, q, kv: (kv >= lo_p[b, q]) & (kv < hi_p[b, q])
-    return BlockMask(seq_lengths=(Q, kv_len), kv_num_blocks=kv[0], kv_indices=kv[1], full_kv_num_blocks=kv[2],
-                     full_kv_indices=kv[3], q_num_blocks=q[0], q_indices=q[1], full_q_num_blocks=q[2],
-                     full_q_indices=q[3], BLOCK_SIZE=(FLEX_BLOCK, FLEX_BLOCK), mask_mod=mask_mod)
+    return BlockMask(seq_lengths=(Q, kv_len),
+                     kv_num_blocks=kv[0], kv_indices=kv[1],
+                     full_kv_num_blocks=kv[2], full_kv_indices=kv[3],
+                     q_num_blocks=q[0], q_indices=q[1],
+                     full_q_num_blocks=q[2], full_q_indices=q[3],
+                     BLOCK_SIZE=(FLEX_BLOCK, FLEX_BLOCK), mask_mod=mask_mod)
 
 
 def gather_rope(table, pos):
@@ -280,33 +306,44 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.wte = nn.Embedding(padded(c.vocab_size), c.n_embd)  # padded ids are never inputs or targets
+        # padded ids are never inputs or targets
+        self.wte = nn.Embedding(padded(c.vocab_size), c.n_embd)
         self.streams = nn.ModuleList(StreamGPT(sc, c.dropout) for sc in c.streams)
-        reads = [[(s, sc.n_embd, sc.n_head) for s, sc in enumerate(c.streams) if l in sc.cross_layers]
+        reads = [[(s, sc.n_embd, sc.n_head)
+                  for s, sc in enumerate(c.streams) if l in sc.cross_layers]
                  for l in range(c.n_layer)]
-        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout, reads[l]) for l in range(c.n_layer))
+        self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout, reads[l])
+                                    for l in range(c.n_layer))
         self.lm_head = nn.Linear(c.n_embd, padded(c.vocab_size), bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in GPT-2
         self.attention = "sdpa"  # or "flex"; a runtime choice, not part of the architecture
         # training only, when train.py switches it on: zero each token's embedding with probability
-        # embed_dropout (a tensor: a schedule changes it without recompiling), so that its bytes must tell
+        # embed_dropout (a tensor: a schedule changes it without recompiling), so that its bytes
+        # must tell
         self.drop_embeddings = False
         self.register_buffer("embed_dropout", torch.zeros(()), persistent=False)
-        # rotary tables, computed once, not inside every compiled kernel: main positions, side positions,
-        # and byte offsets for cross-attention (up to 16 bytes per token on average; later ones saturate)
+        # rotary tables, computed once, not inside every compiled kernel: main positions, side
+        # positions, and byte offsets for cross-attention (up to 16 bytes per token on average;
+        # later ones saturate)
         table = lambda n, width, heads: torch.stack(rope(torch.arange(n), width // heads))
         self.register_buffer("main_rope", table(c.block_size, c.n_embd, c.n_head), persistent=False)
         for s, sc in enumerate(c.streams):
-            self.register_buffer(f"stream_rope{s}", table(sc.budget, sc.n_embd, sc.n_head), persistent=False)
+            stream_rope = table(sc.budget, sc.n_embd, sc.n_head)
+            self.register_buffer(f"stream_rope{s}", stream_rope, persistent=False)
             offsets = max(sc.budget, 16 * c.block_size) + 1
-            self.register_buffer(f"cross_rope{s}", table(offsets, sc.n_embd, sc.n_head), persistent=False)
+            cross_rope = table(offsets, sc.n_embd, sc.n_head)
+            self.register_buffer(f"cross_rope{s}", cross_rope, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # residual projections, scaled by depth (GPT-2)
-                depth = c.n_layer if name.startswith("blocks") else c.streams[int(name.split(".")[1])].n_layer
+                if name.startswith("blocks"):
+                    depth = c.n_layer
+                else:
+                    depth = c.streams[int(name.split(".")[1])].n_layer
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * depth))
             if ".cross." in name and name.endswith("proj.weight"):
-                nn.init.zeros_(p)  # each stream starts as a no-op: the model starts as the plain GPT
+                # each stream starts as a no-op: the model starts as the plain GPT
+                nn.init.zeros_(p)
 
     def _init_weights(self, m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -315,10 +352,12 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, tok_end=None, sides=(), reduction="mean"):
         """idx, targets: (B, T). tok_end: (B, T) byte offset where each token ends in its window.
         sides: per stream, the dict that data.collate builds (elements, and who sees what).
-        Returns (logits, loss); logits cover the padded vocabulary (ids >= vocab_size never occur)."""
+        Returns (logits, loss); logits cover the padded vocabulary (ids >= vocab_size never
+        occur)."""
         c, (B, T) = self.config, idx.shape
         assert T <= c.block_size, f"sequence of {T} tokens is longer than block_size {c.block_size}"
-        assert len(sides) == len(c.streams), f"model has {len(c.streams)} side streams, got {len(sides)}"
+        assert len(sides) == len(c.streams), (
+            f"model has {len(c.streams)} side streams, got {len(sides)}")
         read = [self.run_stream(s, side, tok_end) for s, side in enumerate(sides)]
         x = self.wte(idx)
         if self.training and self.drop_embeddings:
@@ -352,14 +391,16 @@ class GPT(nn.Module):
     # accounting
 
     def param_counts(self):
-        """Parameters split into embeddings, main transformer, each side stream, and cross-attention."""
+        """Parameters split into embeddings, main transformer, each side stream, and
+        cross-attention."""
         counts = {"embeddings": self.wte.weight.numel(), "main": 0}
         for s in self.config.streams:
             counts[f"stream:{s.tokenizer}"] = 0
             counts[f"cross:{s.tokenizer}"] = 0
         for name, p in self.named_parameters():
             if name.startswith("streams."):
-                counts[f"stream:{self.config.streams[int(name.split('.')[1])].tokenizer}"] += p.numel()
+                stream = self.config.streams[int(name.split(".")[1])]
+                counts[f"stream:{stream.tokenizer}"] += p.numel()
             elif ".cross." in name:
                 block = self.blocks[int(name.split(".")[1])]
                 s = block.reads[int(name.split(".")[3])]
@@ -370,22 +411,27 @@ class GPT(nn.Module):
         return counts
 
     def flops_per_token(self, measured=None):
-        """Training FLOPs per main token (forward + backward), nanoGPT/PaLM convention: 6 per weight per
-        element, plus 12 * layers * width * keys attended (causal attention counted as dense, as nanoGPT).
-        Default: what the hardware computes, side streams over their whole rows (padding included).
-        `measured`: per stream, dict(elements=per main token, self_keys=per element, cross_keys=per token),
-        counted on a real batch (data.useful_counts): the useful FLOPs instead."""
+        """Training FLOPs per main token (forward + backward), nanoGPT/PaLM convention: 6 per weight
+        per element, plus 12 * layers * width * keys attended (causal attention counted as dense, as
+        nanoGPT). Default: what the hardware computes, side streams over their whole rows (padding
+        included). `measured`: per stream, dict(elements=per main token, self_keys=per element,
+        cross_keys=per token), counted on a real batch (data.useful_counts): the useful FLOPs
+        instead."""
         c = self.config
         T = c.block_size
-        block_params = lambda b: sum(p.numel() for n, p in b.named_parameters() if not n.startswith("cross."))
+        block_params = lambda b: sum(p.numel() for n, p in b.named_parameters()
+                                     if not n.startswith("cross."))  # without cross-attention
         flops = 6 * (sum(block_params(b) for b in self.blocks) + c.n_embd * padded(c.vocab_size))
         flops += 12 * c.n_layer * c.n_embd * T
         for s, (sc, stream) in enumerate(zip(c.streams, self.streams)):
             per_token = (sc.packed_budget or sc.budget) / T  # side elements computed per main token
             self_keys = min(sc.window, per_token * T)
-            keys = per_token * T if sc.locality is None else min(per_token * T, (sc.locality + 1) * per_token)
+            keys = per_token * T  # side elements each token reads by cross-attention
+            if sc.locality is not None:
+                keys = min(keys, (sc.locality + 1) * per_token)
             if measured:
-                per_token, self_keys, keys = (measured[s][k] for k in ("elements", "self_keys", "cross_keys"))
+                m = measured[s]
+                per_token, self_keys, keys = m["elements"], m["self_keys"], m["cross_keys"]
             stream_params = sum(block_params(b) for b in stream.blocks)
             # a recurrence costs its weights alone (in stream_params): no attention term
             attention = 12 * sc.n_layer * sc.n_embd * self_keys if sc.mixer == "attention" else 0
@@ -414,27 +460,32 @@ def pick_device(device="auto"):
     """'auto': the best this machine has (cuda, then mps, then cpu); otherwise `device` as given."""
     if device != "auto":
         return device
-    return "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
 def load_checkpoint(path, device="cpu"):
-    """A trained model from train.py's checkpoint (a file, or an out_dir holding ckpt.pt), in eval mode.
-    Returns (model, checkpoint dict without the weights and optimizer). Only tensors and plain data are
-    read (weights_only): a checkpoint from elsewhere cannot run code here."""
+    """A trained model from train.py's checkpoint (a file, or an out_dir holding ckpt.pt), in eval
+    mode. Returns (model, checkpoint dict without the weights and optimizer). Only tensors and plain
+    data are read (weights_only): a checkpoint from elsewhere cannot run code here."""
     import os
     if os.path.isdir(path):
         path = os.path.join(path, "ckpt.pt")
     if not os.path.exists(path):
-        raise SystemExit(f"error: no checkpoint at {path}: train one with train.py (it writes <out_dir>/ckpt.pt)")
+        raise SystemExit(f"error: no checkpoint at {path}: "
+                         "train one with train.py (it writes <out_dir>/ckpt.pt)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         config = GPTConfig(**ckpt["model_config"])
     except Exception as e:
-        if "Unsupported global" in str(e):  # weights_only met a class or function: loading it could run code
-            raise SystemExit(f"error: {path} holds objects other than tensors and plain data ("
-                             f"{str(e).split('GLOBAL ')[-1].split()[0]}); refused, as loading them could run "
-                             f"code") from None
-        raise SystemExit(f"error: {path} is not a readable bytecross checkpoint ({type(e).__name__}: {e})")
+        # weights_only met a class or function: loading it could run code
+        if "Unsupported global" in str(e):
+            culprit = str(e).split("GLOBAL ")[-1].split()[0]
+            raise SystemExit(f"error: {path} holds objects other than tensors and plain data "
+                             f"({culprit}); refused, as loading them could run code") from None
+        raise SystemExit(f"error: {path} is not a readable bytecross checkpoint "
+                         f"({type(e).__name__}: {e})")
     model = GPT(config)
     try:
         model.load_state_dict(ckpt.pop("model"))
@@ -446,9 +497,9 @@ def load_checkpoint(path, device="cpu"):
 
 
 def open_trained(path, device="cpu", tokenizers=None):
-    """load_checkpoint, plus the model's tokenizers, each checked against the fingerprint it was trained
-    with. Returns (model, main tokenizer, side tokenizers, checkpoint). `tokenizers`: a dict reused across
-    calls (spec -> Tokenizer), so that several checkpoints share them."""
+    """load_checkpoint, plus the model's tokenizers, each checked against the fingerprint it was
+    trained with. Returns (model, main tokenizer, side tokenizers, checkpoint). `tokenizers`: a dict
+    reused across calls (spec -> Tokenizer), so that several checkpoints share them."""
     from tokenizers import Tokenizer
     model, ckpt = load_checkpoint(path, device)
     tokenizers = {} if tokenizers is None else tokenizers
@@ -459,6 +510,7 @@ def open_trained(path, device="cpu", tokenizers=None):
         tok = tokenizers[spec]
         trained = ckpt.get("tokenizers", {}).get(spec)
         if trained != tok.fingerprint:
-            raise SystemExit(f"error: {path}: tokenizer {spec!r} here differs from the one the model was trained "
-                             f"with (fingerprint {tok.fingerprint}, checkpoint {trained})")
+            raise SystemExit(f"error: {path}: tokenizer {spec!r} here differs from the one the "
+                             f"model was trained with (fingerprint {tok.fingerprint}, "
+                             f"checkpoint {trained})")
     return model, tokenizers[c.tokenizer], [tokenizers[s.tokenizer] for s in c.streams], ckpt

@@ -1,8 +1,8 @@
 """
-Perturbations of text that keep its meaning for a reader of bytes: character noise (BLT's five kinds and
-four kinds of typos) and non-canonical segmentation (the same bytes under other tokens). evaluate.py
-measures how much each costs a model; training can use non-canonical segmentation as augmentation
-(train.py's resegment). All seeded: the same inputs always give the same output.
+Perturbations of text that keep its meaning for a reader of bytes: character noise (BLT's five kinds
+and four kinds of typos) and non-canonical segmentation (the same bytes under other tokens).
+evaluate.py measures how much each costs a model; training can use non-canonical segmentation as
+augmentation (train.py's resegment). All seeded: the same inputs always give the same output.
 """
 import functools
 import random
@@ -11,10 +11,12 @@ import re
 from tasks import LETTERS
 
 # ------------------------------------------------------------------------------------------------
-# character noise. Each kind changes round(rate * n) of its n eligible units, chosen by a seeded RNG:
-# the same (text, kind, rate, seed) always gives the same text, and the rate is met exactly.
-#   BLT's five (HellaSwag noising in the BLT paper; rate 1 of antspeak and uppercase is BLT's whole-text form)
-#     antspeak    words -> uppercase letters joined by spaces ("the cat" -> "T H E   C A T" at rate 1)
+# character noise. Each kind changes round(rate * n) of its n eligible units, chosen by a seeded
+# RNG: the same (text, kind, rate, seed) always gives the same text, and the rate is met exactly.
+#   BLT's five (HellaSwag noising in the BLT paper; rate 1 of antspeak and uppercase is BLT's
+#   whole-text form)
+#     antspeak    words -> uppercase letters joined by spaces
+#                 ("the cat" -> "T H E   C A T" at rate 1)
 #     drop        characters deleted
 #     randomcase  cased letters get their case flipped (BLT uses 50%)
 #     repeat      non-space characters repeated, 2 to 4 times in all
@@ -44,7 +46,8 @@ def _letter_like(c, case):
 
 
 def noise(text, kind, rate, seed):
-    """`text` with character noise of one kind at `rate` (0..1), deterministic for a seed (int or str)."""
+    """`text` with character noise of one kind at `rate` (0..1), deterministic for a seed (int or
+    str)."""
     if kind not in NOISE_DEFAULTS:
         raise ValueError(f"unknown noise kind {kind!r}; kinds: {', '.join(NOISE_DEFAULTS)}")
     if not 0 <= rate <= 1:
@@ -59,16 +62,19 @@ def noise(text, kind, rate, seed):
         picked = set(_pick(rng, (i for i, c in enumerate(chars) if not c.isspace()), rate))
         return "".join(c * rng.randint(2, 4) if i in picked else c for i, c in enumerate(chars))
     if kind == "randomcase":
-        for i in _pick(rng, (i for i, c in enumerate(chars) if len(c.swapcase()) == 1 and c.swapcase() != c), rate):
+        cased = (i for i, c in enumerate(chars) if len(c.swapcase()) == 1 and c.swapcase() != c)
+        for i in _pick(rng, cased, rate):
             chars[i] = chars[i].swapcase()
         return "".join(chars)
     if kind in ("uppercase", "antspeak"):
         parts = _PARTS.findall(text)  # alternating runs of whitespace and of the rest
-        words = [i for i, p in enumerate(parts) if not p.isspace() and (kind == "antspeak" or p.upper() != p)]
+        words = [i for i, p in enumerate(parts)
+                 if not p.isspace() and (kind == "antspeak" or p.upper() != p)]
         chosen = set(_pick(rng, words, rate))
         if kind == "uppercase":
             return "".join(p.upper() if i in chosen else p for i, p in enumerate(parts))
-        # whitespace between converted words is converted too, so that rate 1 is " ".join(text.upper())
+        # whitespace between converted words is converted too, so that rate 1 is
+        # " ".join(text.upper())
         near = lambda i: [j for j in (i - 1, i + 1) if 0 <= j < len(parts)]
         conv = [i in chosen or (p.isspace() and bool(near(i)) and all(j in chosen for j in near(i)))
                 for i, p in enumerate(parts)]
@@ -78,10 +84,12 @@ def noise(text, kind, rate, seed):
             prev = c
         return "".join(out)
     if kind == "swap":
-        pairs = [i for i in letters if i + 1 < len(chars) and chars[i + 1].isalpha() and chars[i] != chars[i + 1]]
+        pairs = [i for i in letters
+                 if i + 1 < len(chars) and chars[i + 1].isalpha() and chars[i] != chars[i + 1]]
         rng.shuffle(pairs)
         k, taken = _count(rate, len(letters)), set()
-        for i in pairs:  # non-overlapping pairs, as many as the rate asks (fewer if the text has no more)
+        # non-overlapping pairs, as many as the rate asks (fewer if the text has no more)
+        for i in pairs:
             if len(taken) == 2 * k:
                 break
             if i not in taken and i + 1 not in taken:
@@ -102,14 +110,16 @@ def noise(text, kind, rate, seed):
 
 
 def parse_noise(spec):
-    """'drop:0.1,swap,uppercase:1' -> {kind: rate} (a kind without a rate gets its default); 'none' -> {}."""
+    """'drop:0.1,swap,uppercase:1' -> {kind: rate} (a kind without a rate gets its default);
+    'none' -> {}."""
     if spec.strip().lower() == "none":
         return {}
     out = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         kind, _, rate = part.partition(":")
         if kind not in NOISE_DEFAULTS:
-            raise SystemExit(f"error: --noise: unknown kind {kind!r}; kinds: {', '.join(NOISE_DEFAULTS)}")
+            raise SystemExit(f"error: --noise: unknown kind {kind!r}; "
+                             f"kinds: {', '.join(NOISE_DEFAULTS)}")
         try:
             out[kind] = float(rate) if rate else NOISE_DEFAULTS[kind]
         except ValueError:
@@ -134,20 +144,24 @@ def _token_id(tok, b):
 def noncanonical(tok, ids, rate, seed):
     """Split round(rate * n) of the n multi-byte tokens in `ids` into two smaller tokens whose bytes
     concatenate to the original's (a random valid cut; single bytes if no cut gives two tokens).
-    Seeded. Returns (new ids, number of tokens split). A byte-level tokenizer has nothing to split."""
+    Seeded. Returns (new ids, number of tokens split). A byte-level tokenizer has nothing to
+    split."""
     ids = [int(i) for i in ids]
     if tok.enc is None:
         return ids, 0
     table = tok.token_bytes
     rng = random.Random(f"segment:{seed}")
-    chosen = set(_pick(rng, (i for i, t in enumerate(ids) if t != tok.eot and len(table[t]) > 1), rate))
+    multi_byte = (i for i, t in enumerate(ids) if t != tok.eot and len(table[t]) > 1)
+    chosen = set(_pick(rng, multi_byte, rate))
     out = []
     for i, t in enumerate(ids):
         b = table[t]
         if i not in chosen:
             out.append(t)
             continue
-        cuts = [j for j in range(1, len(b)) if _token_id(tok, b[:j]) is not None and _token_id(tok, b[j:]) is not None]
+        # cuts whose two halves are both tokens
+        cuts = [j for j in range(1, len(b))
+                if _token_id(tok, b[:j]) is not None and _token_id(tok, b[j:]) is not None]
         if cuts:
             j = rng.choice(cuts)
             out += [_token_id(tok, b[:j]), _token_id(tok, b[j:])]

@@ -1,6 +1,7 @@
 """
-Training curves from train.py's log.jsonl: train/val loss and val bits-per-byte against step and against
-wall-clock, several runs on one figure (PNG; needs matplotlib), and a summary table (needs nothing).
+Training curves from train.py's log.jsonl: train/val loss and val bits-per-byte against step and
+against wall-clock, several runs on one figure (PNG; needs matplotlib), and a summary table (needs
+nothing).
 
     python plot.py out-cpu-demo                            # the table, and out-cpu-demo/curves.png
     python plot.py out-a out-b --out curves.png            # several runs on one figure
@@ -9,8 +10,8 @@ wall-clock, several runs on one figure (PNG; needs matplotlib), and a summary ta
 Wall-clock is training time as train.py measures it: every log line's dt (seconds per step since the
 previous log line or evaluation) times those steps, summed. Evaluation and start-up are left out;
 compilation (in the first interval after each start) is in. A resumed run continues its log from the
-checkpoint's step; where an older log has a step twice (resumed from an earlier checkpoint), the later
-values count.
+checkpoint's step; where an older log has a step twice (resumed from an earlier checkpoint), the
+later values count.
 """
 import argparse
 import json
@@ -22,7 +23,8 @@ def load_run(path):
     val {step: (val_loss, val_bpb, seconds)} and tokens per step; seconds: training time so far."""
     file = os.path.join(path, "log.jsonl") if os.path.isdir(path) else path
     if not os.path.isfile(file):
-        raise SystemExit(f"error: {file} not found: give run folders written by train.py, or their log.jsonl")
+        raise SystemExit(f"error: {file} not found: give run folders written by train.py, "
+                         "or their log.jsonl")
     train, val, seconds, last_step, tokens_per_step = {}, {}, 0.0, 0, None
     with open(file) as f:
         for n, line in enumerate(f, 1):
@@ -35,8 +37,9 @@ def load_run(path):
                 if "val_loss" in r:
                     val[step] = (float(r["val_loss"]), float(r["val_bpb"]), seconds)
                 elif "loss" in r:
-                    # dt covers the steps since the previous line; a step at or below it means the run was
-                    # resumed from an earlier checkpoint and its log not cut back: count one step
+                    # dt covers the steps since the previous line; a step at or below it means the
+                    # run was resumed from an earlier checkpoint and its log not cut back: count one
+                    # step
                     seconds += float(r["dt"]) * (step - last_step if step > last_step else 1)
                     train[step] = (float(r["loss"]), seconds)
                     tokens_per_step = round(float(r["tok_s"]) * float(r["dt"]))
@@ -48,7 +51,8 @@ def load_run(path):
             last_step = step
     if not train and not val:
         raise SystemExit(f"error: {file} has no train.py log lines (yet)")
-    # a run is named by its folder; another log file by folder and file (results/x/log_b.jsonl -> x/log_b)
+    # a run is named by its folder; another log file by folder and file
+    # (results/x/log_b.jsonl -> x/log_b)
     folder, base = os.path.split(os.path.abspath(file))
     name = os.path.basename(folder)
     if base != "log.jsonl":
@@ -61,12 +65,13 @@ def summary(run):
     """Steps, tokens, training seconds, final and best val numbers of one run."""
     steps = max([*run["train"], *run["val"]])
     seconds = max([s for _, s in run["train"].values()] + [s for *_, s in run["val"].values()])
-    s = dict(steps=steps, tokens=run["tokens_per_step"] and steps * run["tokens_per_step"], seconds=seconds,
+    tokens = run["tokens_per_step"] and steps * run["tokens_per_step"]
+    s = dict(steps=steps, tokens=tokens, seconds=seconds,
              final_loss=None, final_bpb=None, best_bpb=None, best_step=None)
     if run["val"]:
         last, best = max(run["val"]), min(run["val"], key=lambda k: run["val"][k][1])
-        s.update(final_loss=run["val"][last][0], final_bpb=run["val"][last][1], best_bpb=run["val"][best][1],
-                 best_step=best)
+        s.update(final_loss=run["val"][last][0], final_bpb=run["val"][last][1],
+                 best_bpb=run["val"][best][1], best_step=best)
     return s
 
 
@@ -81,11 +86,14 @@ def table(runs):
     num = lambda v: "-" if v is None else f"{v:.4f}"
     for run in runs:
         s = summary(run)
-        rows.append((run["name"], f"{s['steps']:,}", "-" if s["tokens"] is None else f"{s['tokens']:,}",
-                     duration(s["seconds"]), num(s["final_loss"]), num(s["final_bpb"]),
-                     "-" if s["best_step"] is None else f"{s['best_bpb']:.4f} ({s['best_step']:,})"))
+        tokens = "-" if s["tokens"] is None else f"{s['tokens']:,}"
+        best = "-" if s["best_step"] is None else f"{s['best_bpb']:.4f} ({s['best_step']:,})"
+        rows.append((run["name"], f"{s['steps']:,}", tokens, duration(s["seconds"]),
+                     num(s["final_loss"]), num(s["final_bpb"]), best))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    aligned = lambda row: [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+    # the run's name aligned left, the numbers right
+    aligned = lambda row: [c.ljust(w) if i == 0 else c.rjust(w)
+                           for i, (c, w) in enumerate(zip(row, widths))]
     return "\n".join("  ".join(aligned(row)) for row in rows)
 
 
@@ -95,8 +103,8 @@ def plot(runs, out):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("error: plotting needs matplotlib (pip install matplotlib); --table prints the "
-                         "summary without it")
+        raise SystemExit("error: plotting needs matplotlib (pip install matplotlib); "
+                         "--table prints the summary without it")
     longest = max(summary(r)["seconds"] for r in runs)
     unit, scale = ("s", 1) if longest < 120 else ("min", 60) if longest < 7200 else ("h", 3600)
     fig, axes = plt.subplots(2, 2, figsize=(13, 8))
@@ -105,12 +113,13 @@ def plot(runs, out):
         val = sorted(run["val"].items())
         for row, x_of in ((0, lambda step, secs: step), (1, lambda step, secs: secs / scale)):
             loss_ax, bpb_ax = axes[row]
-            loss_ax.plot([x_of(k, v[1]) for k, v in train], [v[0] for _, v in train], color=color, lw=0.8,
-                         alpha=0.45, marker="." if len(train) == 1 else None, label=f"{run['name']} train")
-            loss_ax.plot([x_of(k, v[2]) for k, v in val], [v[0] for _, v in val], "o-", color=color, ms=3,
+            train_x = [x_of(k, v[1]) for k, v in train]
+            val_x = [x_of(k, v[2]) for k, v in val]
+            loss_ax.plot(train_x, [v[0] for _, v in train], color=color, lw=0.8, alpha=0.45,
+                         marker="." if len(train) == 1 else None, label=f"{run['name']} train")
+            loss_ax.plot(val_x, [v[0] for _, v in val], "o-", color=color, ms=3,
                          label=f"{run['name']} val")
-            bpb_ax.plot([x_of(k, v[2]) for k, v in val], [v[1] for _, v in val], "o-", color=color, ms=3,
-                        label=run["name"])
+            bpb_ax.plot(val_x, [v[1] for _, v in val], "o-", color=color, ms=3, label=run["name"])
     for row, xlabel in ((0, "step"), (1, f"training time ({unit}; evaluation excluded)")):
         for col, ylabel in enumerate(("loss (nats per token)", "val bits per byte")):
             ax = axes[row][col]
@@ -127,20 +136,24 @@ def plot(runs, out):
 
 
 def zoom_past_start(ax):
-    """y limits for lines against step. The first points (a loss near ln(vocabulary)) would flatten the
-    rest: the limits span what the lines reach after the first 10% of the steps; the start is cut off."""
-    lines = [(list(l.get_xdata()), list(l.get_ydata())) for l in ax.get_lines() if len(l.get_xdata())]
+    """y limits for lines against step. The first points (a loss near ln(vocabulary)) would flatten
+    the rest: the limits span what the lines reach after the first 10% of the steps; the start is
+    cut off."""
+    lines = [(list(l.get_xdata()), list(l.get_ydata()))
+             for l in ax.get_lines() if len(l.get_xdata())]
     if not lines:
         return None
     x_lo, x_hi = min(min(x) for x, _ in lines), max(max(x) for x, _ in lines)
     later = [v for x, y in lines for u, v in zip(x, y) if u >= x_lo + 0.1 * (x_hi - x_lo)]
-    low, top = min(y for _, ys in lines for y in ys), max(later or [y for _, ys in lines for y in ys])
+    all_y = [y for _, ys in lines for y in ys]
+    low, top = min(all_y), max(later or all_y)
     margin = 0.05 * (top - low) or 0.1
     return low - margin, top + margin
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Loss and bits-per-byte curves of train.py runs, and a summary.")
+    p = argparse.ArgumentParser(
+        description="Loss and bits-per-byte curves of train.py runs, and a summary.")
     p.add_argument("runs", nargs="+", help="run folders (out_dir of train.py) or log.jsonl files")
     p.add_argument("--out", help="PNG to write (default: curves.png in the first run's folder)")
     p.add_argument("--table", action="store_true", help="print the summary table only, no plot")

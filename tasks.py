@@ -2,21 +2,23 @@
 Character tasks over words (the character-level task families of the CUTE benchmark, plus first/last
 letter and counting), for training documents and for evaluation.
 
-Words. A word is lowercase ASCII letters, MIN_LEN..MAX_LEN long, and not a word of the task templates.
-Words come from text that the user has, never from the network: `words_from_text` takes every such word
-that stands alone in running text (not part of a capitalized, accented or hyphenated word) and occurs at
-least twice; `load_words` reads any text file (a word list with one word per line works too, each word
-counting once). prepare.py builds its list from the train split (or --task_words FILE) and saves it as
-<out>/task_words.txt, so that evaluation can use the very same list.
+Words. A word is lowercase ASCII letters, MIN_LEN..MAX_LEN long, and not a word of the task
+templates. Words come from text that the user has, never from the network: `words_from_text` takes
+every such word that stands alone in running text (not part of a capitalized, accented or hyphenated
+word) and occurs at least twice; `load_words` reads any text file (a word list with one word per
+line works too, each word counting once). prepare.py builds its list from the train split (or
+--task_words FILE) and saves it as <out>/task_words.txt, so that evaluation can use the very same
+list.
 
-Split. A word is held out when a hash of the word alone says so (HELDOUT_PERCENT of all strings): the rule
-needs no list, so it is the same for any word list, and a held-out word stays held out when lists change.
-Training documents use train words only, and no string in them (a task's word, its answer, an edited word)
-is a held-out word. Given the main tokenizer (prepare.py gives it), no token of them is one either: with
-GPT-2, `Spell "carvers": c a r v e r s` spells out the token "car" (of '"', 'car', 'vers', '"'), the very
-token of `Spell "car":`, a held-out word. So a held-out word that is a single token is one whose letters
-no task document ever showed: the fair test of generalisation. Evaluation reports held-out words
-(single-token and multi-token apart) and, to tell memorisation from it, train words.
+Split. A word is held out when a hash of the word alone says so (HELDOUT_PERCENT of all strings):
+the rule needs no list, so it is the same for any word list, and a held-out word stays held out when
+lists change. Training documents use train words only, and no string in them (a task's word, its
+answer, an edited word) is a held-out word. Given the main tokenizer (prepare.py gives it), no token
+of them is one either: with GPT-2, `Spell "carvers": c a r v e r s` spells out the token "car" (of
+'"', 'car', 'vers', '"'), the very token of `Spell "car":`, a held-out word. So a held-out word that
+is a single token is one whose letters no task document ever showed: the fair test of
+generalisation. Evaluation reports held-out words (single-token and multi-token apart) and, to tell
+memorisation from it, train words.
 
 Format. One task instance is a context and an answer, the answer starting with a space:
 
@@ -24,11 +26,11 @@ Format. One task instance is a context and an answer, the answer starting with a
     Does "there" contain "h"? yes
     Replace every "e" with "a" in "there": thara
 
-A training document is a few such lines, each ending with a newline. Evaluation starts a new document
-with one context, and scores the answer (against distractors, and by greedy generation up to the newline).
-The context ends with ':' or '?' and the answer starts with a space, a boundary that GPT-2-style
-pre-tokenizers never cross: the context and the answer tokenized apart give the tokens of the whole line.
-"""
+A training document is a few such lines, each ending with a newline. Evaluation starts a new
+document with one context, and scores the answer (against distractors, and by greedy generation up
+to the newline). The context ends with ':' or '?' and the answer starts with a space, a boundary
+that GPT-2-style pre-tokenizers never cross: the context and the answer tokenized apart give the
+tokens of the whole line."""
 import hashlib
 import itertools
 import os
@@ -41,14 +43,15 @@ HELDOUT_PERCENT = 20
 HELDOUT_SALT = "bytecross-heldout-v1"
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # every word of the templates below: never a task word (it appears in every prompt)
-TEMPLATE_WORDS = frozenset("spell join first last letter of count in does contain yes no add after every "
-                           "delete replace with swap and".split())
+TEMPLATE_WORDS = frozenset("spell join first last letter of count in does contain yes no add after "
+                           "every delete replace with swap and".split())
 # a lowercase word standing alone: no letter, digit, apostrophe or hyphen glued to either side
 _WORD_RE = re.compile(r"(?<![\w'’-])[a-z]+(?![\w'’-])")
 
 
 def word_ok(w):
-    return MIN_LEN <= len(w) <= MAX_LEN and w.isascii() and w.isalpha() and w.islower() and w not in TEMPLATE_WORDS
+    return (MIN_LEN <= len(w) <= MAX_LEN and w.isascii() and w.isalpha() and w.islower()
+            and w not in TEMPLATE_WORDS)
 
 
 def is_heldout(w):
@@ -62,7 +65,8 @@ def words_from_text(texts, min_count=2):
     counts = Counter()
     for t in texts:
         counts.update(_WORD_RE.findall(t))
-    return [w for w, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= min_count and word_ok(w)]
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [w for w, c in ranked if c >= min_count and word_ok(w)]
 
 
 def load_words(path):
@@ -72,7 +76,8 @@ def load_words(path):
     with open(path, encoding="utf-8", errors="replace") as f:
         words = words_from_text([f.read()], min_count=1)
     if not words:
-        raise ValueError(f"{path} holds no task words (lowercase a-z words of {MIN_LEN}-{MAX_LEN} letters)")
+        raise ValueError(f"{path} holds no task words "
+                         f"(lowercase a-z words of {MIN_LEN}-{MAX_LEN} letters)")
     return words
 
 
@@ -89,7 +94,8 @@ def split_words(words):
 
 # ------------------------------------------------------------------------------------------------
 # task families: each returns (context, answer, distractors in order of preference) or None when the
-# word does not suit the family. Distractors are near misses: what a model that half-reads letters says.
+# word does not suit the family. Distractors are near misses: what a model that half-reads letters
+# says.
 
 def _edits(w, rng, k):
     """k distinct single-letter edits of w (swap adjacent, substitute, delete, insert)."""
@@ -122,7 +128,8 @@ def _spell_inverse(w, rng, pool):
     # reading the letters tells them apart
     alike = [v for v in pool if v != w and v[0] == w[0] and abs(len(v) - len(w)) <= 1]
     others = [v for v in pool if v != w]
-    wrong = rng.sample(alike, min(3, len(alike))) + rng.sample(others, min(3, len(others))) + _edits(w, rng, 3)
+    wrong = (rng.sample(alike, min(3, len(alike))) + rng.sample(others, min(3, len(others)))
+             + _edits(w, rng, 3))
     return f'Join "{" ".join(w)}":', " " + w, [" " + v for v in wrong]
 
 
@@ -155,7 +162,8 @@ def _insert_letter(w, rng, pool):
     d, c = rng.choice(sorted(set(w))), rng.choice(LETTERS)
     ans = w.replace(d, d + c)
     e = rng.choice(sorted(set(w) - {d}) or [d])
-    wrong = [w, w.replace(d, c + d), w.replace(e, e + c), w.replace(d, d + c, 1)] + _edits(ans, rng, 3)
+    wrong = [w, w.replace(d, c + d), w.replace(e, e + c), w.replace(d, d + c, 1)]
+    wrong += _edits(ans, rng, 3)
     return f'Add "{c}" after every "{d}" in "{w}":', " " + ans, [" " + v for v in wrong]
 
 
@@ -174,7 +182,8 @@ def _substitute_letter(w, rng, pool):
     c = rng.choice([x for x in LETTERS if x != d])
     ans = w.replace(d, c)
     e = rng.choice(sorted(set(w) - {d}) or [d])
-    wrong = [w, w.replace(d, c, 1), w.replace(e, c), w.replace(c, d) if c in w else ""] + _edits(ans, rng, 3)
+    wrong = [w, w.replace(d, c, 1), w.replace(e, c), w.replace(c, d) if c in w else ""]
+    wrong += _edits(ans, rng, 3)
     return f'Replace every "{d}" with "{c}" in "{w}":', " " + ans, [" " + v for v in wrong if v]
 
 
@@ -206,8 +215,9 @@ N_CHOICES = 4  # answer and three distractors (contains_letter: yes or no)
 
 
 def instance(family, word, rng, pool=()):
-    """One task instance as a dict (family, word, context, answer, choices, label), or None if `word`
-    does not suit `family`. choices holds the answer (at index label) and up to N_CHOICES-1 distractors."""
+    """One task instance as a dict (family, word, context, answer, choices, label), or None if
+    `word` does not suit `family`. choices holds the answer (at index label) and up to
+    N_CHOICES-1 distractors."""
     made = FAMILIES[family](word, rng, pool)
     if made is None:
         return None
@@ -223,18 +233,20 @@ def instance(family, word, rng, pool=()):
 
 
 def line_words(text):
-    """Every string of letters in a task text that could be a task word (what the held-out check reads)."""
+    """Every string of letters in a task text that could be a task word (what the held-out check
+    reads)."""
     return [m.lower() for m in re.findall(r"[A-Za-z]+", text) if m.lower() not in TEMPLATE_WORDS]
 
 
 def clean_for_training(inst):
     """No held-out word anywhere in the line: not the word, not its answer, not an edited string."""
-    return not any(word_ok(w) and is_heldout(w) for w in line_words(inst["context"] + inst["answer"]))
+    words = line_words(inst["context"] + inst["answer"])
+    return not any(word_ok(w) and is_heldout(w) for w in words)
 
 
 def heldout_token_ids(token_bytes):
-    """Ids of the tokens whose text is a held-out word, alone or after a space ("car", " car"), from a
-    tokenizer's table of token bytes."""
+    """Ids of the tokens whose text is a held-out word, alone or after a space ("car", " car"), from
+    a tokenizer's table of token bytes."""
     out = set()
     for i, b in enumerate(token_bytes):
         text = b[1:] if b.startswith(b" ") else b
@@ -244,9 +256,10 @@ def heldout_token_ids(token_bytes):
 
 
 def eval_items(words, family, n, seed, group="heldout", groups=None):
-    """Up to n instances of one family over held-out words, or over the words of another group (groups:
-    word_groups(words, ...)), seeded: the same for any checkpoint with the same main tokenizer. Distractor
-    words come from the train words for the group 'train', else from all held-out words."""
+    """Up to n instances of one family over held-out words, or over the words of another group
+    (groups: word_groups(words, ...)), seeded: the same for any checkpoint with the same main
+    tokenizer. Distractor words come from the train words for the group 'train', else from all
+    held-out words."""
     train, heldout = split_words(words)
     pool = heldout if group == "heldout" else groups[group]
     # the held-out items keep the seed they always had: earlier numbers stay comparable
@@ -263,8 +276,8 @@ def eval_items(words, family, n, seed, group="heldout", groups=None):
 
 def word_groups(words, encode):
     """Evaluation words by what a model could have learned of them: 'train' (task documents may show
-    them: memorisation), and held-out words (never in a task document: generalisation), split by the main
-    tokenizer (`encode`: text -> ids) into 'heldout_single_token' (" word" is one token) and
+    them: memorisation), and held-out words (never in a task document: generalisation), split by the
+    main tokenizer (`encode`: text -> ids) into 'heldout_single_token' (" word" is one token) and
     'heldout_multi_token'."""
     train, heldout = split_words(words)
     single = {w for w in heldout if len(encode(" " + w)) == 1}
@@ -275,8 +288,9 @@ def word_groups(words, encode):
 # training documents
 
 class TaskDocuments:
-    """Seeded stream of training documents: 1..max_lines task lines each, families uniform, train words only.
-    With the main tokenizer `tok`, no line holds a token whose text is a held-out word either."""
+    """Seeded stream of training documents: 1..max_lines task lines each, families uniform, train
+    words only. With the main tokenizer `tok`, no line holds a token whose text is a held-out word
+    either."""
 
     def __init__(self, words, seed=0, max_lines=8, families=None, tok=None):
         self.words, _ = split_words(words)
@@ -288,7 +302,9 @@ class TaskDocuments:
         self.heldout_tokens = heldout_token_ids(tok.token_bytes) if tok is not None else set()
 
     def token_clean(self, text):
-        return not self.heldout_tokens or not self.heldout_tokens.intersection(self.tok.encode(text))
+        if not self.heldout_tokens:
+            return True
+        return not self.heldout_tokens.intersection(self.tok.encode(text))
 
     def line(self):
         for _ in range(10000):
@@ -304,15 +320,18 @@ class TaskDocuments:
         return "".join(self.line() for _ in range(self.rng.randint(1, self.max_lines)))
 
 
-def mix_task_documents(tagged, main_tok, fraction, words_path=None, out=None, seed=0, calibration_chars=2_000_000):
-    """prepare.py's hook: task documents mixed into the train split of `tagged` ((split, text) documents)
-    so that they make up `fraction` of its main-stream tokens (end-of-text tokens included).
+def mix_task_documents(tagged, main_tok, fraction, words_path=None, out=None, seed=0,
+                       calibration_chars=2_000_000):
+    """prepare.py's hook: task documents mixed into the train split of `tagged` ((split, text)
+    documents) so that they make up `fraction` of its main-stream tokens (end-of-text tokens
+    included).
 
-    Words come from words_path, else from the first `calibration_chars` characters of train text (words
-    occurring at least twice). The same text calibrates tokens per character, which estimates text tokens
-    as documents stream by (tokenizing everything twice would be slow); task tokens are counted exactly.
-    Task documents are spread evenly between the text documents. Returns (generator, info); info is
-    complete once the generator is exhausted (prepare.py then records the actual fraction)."""
+    Words come from words_path, else from the first `calibration_chars` characters of train text
+    (words occurring at least twice). The same text calibrates tokens per character, which estimates
+    text tokens as documents stream by (tokenizing everything twice would be slow); task tokens are
+    counted exactly. Task documents are spread evenly between the text documents. Returns
+    (generator, info); info is complete once the generator is exhausted (prepare.py then records the
+    actual fraction)."""
     if not 0 < fraction < 1:
         raise SystemExit("error: --tasks_fraction must be between 0 and 1")
     it = iter(tagged)
@@ -331,8 +350,8 @@ def mix_task_documents(tagged, main_tok, fraction, words_path=None, out=None, se
         docs = TaskDocuments(words, seed, tok=main_tok)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: task words: {e}")
-    info = dict(fraction=fraction, seed=seed, words_source=words_path or "train text", n_words=len(words),
-                n_train_words=len(docs.words), heldout_percent=HELDOUT_PERCENT,
+    info = dict(fraction=fraction, seed=seed, words_source=words_path or "train text",
+                n_words=len(words), n_train_words=len(docs.words), heldout_percent=HELDOUT_PERCENT,
                 heldout_tokens=len(docs.heldout_tokens), docs=0, tokens=0)
     if out:
         info["words_file"] = os.path.join(out, "task_words.txt")

