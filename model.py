@@ -48,6 +48,8 @@ class StreamConfig:
                                     # i-k..i; None: all
     mixer: str = "attention"        # how the stream mixes its own elements: "attention" or
                                     # "recurrent"
+    aux_loss: float = 0.0           # >0: in training, add this weight x the stream's own
+                                    # next-element loss (a head tied to its embedding)
 
 
 @dataclass
@@ -82,6 +84,8 @@ class GPTConfig:
                                  f"not {s.mixer!r}")
             if s.locality is not None and int(s.locality) < 0:
                 raise ValueError(f"stream {s.tokenizer}: locality must be None or >= 0")
+            if not s.aux_loss >= 0:
+                raise ValueError(f"stream {s.tokenizer}: aux_loss must be >= 0")
             shapes = (("main", self.n_embd, self.n_head), (s.tokenizer, s.n_embd, s.n_head))
             for name, width, heads in shapes:
                 if width % heads or (width // heads) % 2:
@@ -292,6 +296,14 @@ def interval_block_mask(lo, hi, kv_len):
                      BLOCK_SIZE=(FLEX_BLOCK, FLEX_BLOCK), mask_mod=mask_mod)
 
 
+def next_element_targets(side):
+    """For a side stream's rows (data.collate): the id of element m + 1 where it follows m in the
+    same window, else -1 (a window's last element, padding). Shape (rows, elements - 1)."""
+    ids, pos, end = side["ids"], side["pos"], side["end"]
+    follows = (pos[:, 1:] == pos[:, :-1] + 1) & (end[:, 1:] != torch.iinfo(torch.int32).max)
+    return torch.where(follows, ids[:, 1:], -1)
+
+
 def gather_rope(table, pos):
     """Rotary phases at integer positions pos (rows, n) from a table (2, 1, P, d): (cos, sin), each
     (rows, 1, n, d). Positions past the table take its last phase."""
@@ -370,7 +382,20 @@ class GPT(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1),
                                ignore_index=-1, reduction=reduction)
-        return logits, loss if reduction == "mean" else loss.view(B, T)
+        if reduction != "mean":
+            return logits, loss.view(B, T)
+        if self.training:  # auxiliary losses train the side streams; evaluation reports the main loss
+            for s, (side, (h, *_)) in enumerate(zip(sides, read)):
+                if c.streams[s].aux_loss > 0:
+                    loss = loss + c.streams[s].aux_loss * self.stream_loss(s, h, side)
+        return logits, loss
+
+    def stream_loss(self, s, h, side):
+        """Side stream s's own next-element loss: element m predicts element m + 1 of its window
+        (from elements <= m only: the stream is causal), through a head tied to its embedding."""
+        logits = F.linear(h[:, :-1], self.streams[s].wte.weight)
+        targets = next_element_targets(side)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
 
     def run_stream(self, s, side, tok_end):
         """Side stream s over its elements; returns what cross-attention into it needs: the stream's
@@ -442,10 +467,17 @@ class GPT(nn.Module):
                 flops += 12 * sc.n_embd * keys
         return flops
 
-    def configure_optimizer(self, weight_decay, lr, betas, device_type):
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    def configure_optimizer(self, weight_decay, lr, betas, device_type, branch_lr_scale=1.0):
+        """AdamW; matrices decay, vectors do not. With branch_lr_scale != 1, the side streams and
+        cross-attention get their own groups, whose `lr_scale` train.py applies to the schedule."""
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        in_branch = lambda n: n.startswith("streams.") or ".cross." in n
+        parts = [(lambda n: True, 1.0)] if branch_lr_scale == 1.0 else [
+            (lambda n: not in_branch(n), 1.0), (in_branch, branch_lr_scale)]
+        groups = [{"params": [p for n, p in named if part(n) and (p.dim() >= 2) == matrix],
+                   "weight_decay": weight_decay if matrix else 0.0, "lr_scale": scale}
+                  for part, scale in parts for matrix in (True, False)]
+        # empty groups stay (no vectors today): checkpoints keep one layout per scale setting
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=device_type == "cuda")
 
 

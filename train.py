@@ -55,6 +55,7 @@ DEFAULTS = dict(
     resegment=0.0,                 # share of multi-byte tokens cut in two (same bytes, other ids)
     embed_dropout=0.0,             # chance a token's embedding is zeroed (identity: bytes only)
     embed_dropout_anneal=0.0,      # >0: linear decay to 0 over this fraction of max_iters
+    branch_lr_scale=1.0,           # learning rate of side streams and cross-attention, x the main
     # evaluation, logging, checkpoints
     eval_interval=250, eval_tokens=2**18, log_interval=10,
     ckpt_interval=0,               # 0: checkpoint at each evaluation
@@ -141,6 +142,7 @@ def validate(cfg):
     rules.update({key: (lambda v: 0 <= v < 1, "in [0, 1)") for key in (
         "dropout", "beta1", "beta2", "resegment", "embed_dropout")})
     rules["embed_dropout_anneal"] = (lambda v: 0 <= v <= 1, "in [0, 1] (0: constant)")
+    rules["branch_lr_scale"] = (lambda v: v > 0, "> 0")
     rules.update({key: (lambda v: isinstance(v, str) and v != "", "a non-empty string") for key in (
         "data_dir", "out_dir", "tokenizer")})
     rules.update({
@@ -611,7 +613,8 @@ def build_model(cfg, rt, model_config):
     if rt.attention == "flex" and not rt.use_compile:
         rt.print0("warning: flex attention without torch.compile runs an unfused, slow kernel")
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"],
-                                          (cfg["beta1"], cfg["beta2"]), rt.device_type)
+                                          (cfg["beta1"], cfg["beta2"]), rt.device_type,
+                                          cfg["branch_lr_scale"])
     return model, optimizer
 
 
@@ -626,9 +629,16 @@ def restore(ckpt, run):
                          f"trained with")
     try:
         run.raw_model.load_state_dict(ckpt["model"])
-        run.optimizer.load_state_dict(ckpt["optimizer"])
     except (RuntimeError, ValueError) as e:
         raise SystemExit(f"error: {path} does not fit this model.py: {str(e)[:500]}")
+    scales = [group.get("lr_scale", 1.0) for group in run.optimizer.param_groups]
+    try:
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+    except ValueError as e:  # parameter groups differ: one of 1 and another branch_lr_scale
+        raise SystemExit(f"error: {path}: its optimizer state has other parameter groups ({e}); "
+                         f"was branch_lr_scale changed between 1 and another value?")
+    for group, scale in zip(run.optimizer.param_groups, scales):  # this run's, not the checkpoint's
+        group["lr_scale"] = scale
     # older checkpoints hold rank 0's random state only
     rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
     if rt.rank < len(rngs):  # each process continues its own random stream (dropout differs)
@@ -770,7 +780,7 @@ def set_schedules(run):
     """This step's learning rate and embedding dropout; returns the learning rate."""
     lr = lr_at(run.step, run.cfg)
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     run.raw_model.embed_dropout.fill_(embed_dropout_at(run.step, run.cfg))
     return lr
 

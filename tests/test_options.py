@@ -6,7 +6,7 @@ import torch
 
 from conftest import args, run_inprocess, val_losses
 from data import Corpus, collate, resegmented_window
-from model import GPT, GPTConfig, batch_inputs
+from model import GPT, GPTConfig, batch_inputs, next_element_targets
 from test_model import BYTES, TEXT, randomize_cross
 import train
 
@@ -55,8 +55,11 @@ def test_embedding_dropout_schedule():
     assert train.embed_dropout_at(99, dict(cfg, embed_dropout_anneal=0.0)) == 0.3
 
 
-def test_training_with_both_options(dataset, toks, tmp_path):
-    opts = dict(resegment=0.2, embed_dropout=0.3, embed_dropout_anneal=0.5, max_iters=12, eval_interval=6)
+def test_training_with_all_options(dataset, toks, tmp_path):
+    side = dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=32, window=16, budget=96, packed_budget=64,
+                aux_loss=0.3)
+    opts = dict(resegment=0.2, embed_dropout=0.3, embed_dropout_anneal=0.5, branch_lr_scale=2.0, streams=[side],
+                max_iters=12, eval_interval=6)
     run_inprocess(args(dataset, toks, tmp_path / "full", **opts))
     losses = val_losses(tmp_path / "full")
     assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
@@ -83,3 +86,55 @@ def test_epochs_shift_their_windows(toks):
     assert sorted(first) == [16 * i for i in range(b.n)], "epoch 0: the plain non-overlapping windows"
     assert len({p % 16 for p in second}) == 1 and second[0] % 16 != 0, "a later epoch: all shifted alike"
     assert b.positions(b.n, b.n) == second, "positions follow from the global position alone"
+
+
+def test_stream_aux_loss_targets_stay_inside_each_window(toks):
+    """aux_loss: element m of a packed row is trained to predict element m + 1 of the same window; a
+    window's last element and padding predict nothing; evaluation reports the main loss alone."""
+    torch.manual_seed(0)
+    side = dict(BYTES, packed_budget=80, aux_loss=0.5)
+    cfg = GPTConfig(tokenizer="bpe300", vocab_size=toks["bpe300"].vocab_size, block_size=16, n_layer=2,
+                    n_head=2, n_embd=32, streams=[dict(side, vocab_size=256)])
+    m = GPT(cfg)
+    c = Corpus.from_bytes(TEXT, toks["bpe300"], [toks["bytes"]])
+    windows = [c.window(p, 16, [(toks["bytes"], side["budget"])]) for p in (3, 40)]
+    x = batch_inputs(collate(windows, cfg.streams, pack=True), "cpu")
+    ids, pos = x["sides"][0]["ids"][0], x["sides"][0]["pos"][0]
+    ends = [int((w["sides"][0][1] < 2**31 - 1).sum()) for w in windows]  # bytes kept per window
+    t = next_element_targets(x["sides"][0])[0]
+    first, second = min(ends[0], 80), ends[1]
+    assert (t[:first - 1] == ids[1:first]).all(), "inside window 1: the next byte"
+    assert t[first - 1] == -1 and pos[first] == 0, "window 1's last byte does not predict window 2's first"
+    assert (t[first:first + second - 1] == ids[first + 1:first + second]).all()
+    assert (t[first + second - 1:] == -1).all(), "the last byte and the padding predict nothing"
+    with torch.no_grad():
+        main_only = GPT(GPTConfig(**dict(vars(cfg), streams=[dict(side, aux_loss=0.0, vocab_size=256)])))
+        main_only.load_state_dict(m.state_dict())
+        m.eval(), main_only.eval()
+        assert m(**x)[1] == main_only(**x)[1], "evaluation: the main loss alone"
+        m.train(), main_only.train()
+        assert m(**x)[1] > main_only(**x)[1], "training adds the stream's own loss"
+
+
+def test_branch_learning_rate_scale(dataset, toks, tmp_path):
+    """branch_lr_scale: the side streams and cross-attention get their own optimizer groups, scaled; a
+    resume keeps this run's scale, and a resume across 1 and another value is refused clearly."""
+    m = GPT(GPTConfig(tokenizer="bpe300", vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embd=32,
+                      streams=[dict(BYTES, vocab_size=256)]))
+    plain = m.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu")
+    split = m.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu", branch_lr_scale=3.0)
+    assert len(plain.param_groups) == 2 and sorted(g["lr_scale"] for g in split.param_groups) == [1, 1, 3, 3]
+    names = {id(p): n for n, p in m.named_parameters()}
+    for g in split.param_groups:
+        branch = [n.startswith("streams.") or ".cross." in n for n in (names[id(p)] for p in g["params"])]
+        assert all(branch) if g["lr_scale"] == 3.0 else not any(branch)
+    opts = dict(branch_lr_scale=2.0, max_iters=4, eval_interval=4)
+    run_inprocess(args(dataset, toks, tmp_path / "run", **opts))
+    assert np.isfinite(val_losses(tmp_path / "run")).all()
+    run_inprocess(args(dataset, toks, tmp_path / "run", **dict(opts, branch_lr_scale=4.0, max_iters=6),
+                       init_from="resume"))
+    saved = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert sorted(g["lr_scale"] for g in saved) == [1, 1, 4, 4], "the resumed run's scale, not the checkpoint's"
+    with pytest.raises(SystemExit, match="branch_lr_scale changed between 1"):
+        run_inprocess(args(dataset, toks, tmp_path / "run", **dict(opts, branch_lr_scale=1.0, max_iters=8),
+                           init_from="resume"))
