@@ -1,24 +1,30 @@
-"""
-Tokenization probes: what BPE hides from a model (letters inside tokens, robustness to noise, indifference
-to segmentation), measured for one or more checkpoints side by side (baseline or byte-augmented).
+r"""
+Tokenization probes: what BPE hides from a model (letters inside tokens, robustness to noise,
+indifference to segmentation), measured for one or more checkpoints side by side (baseline or
+byte-augmented).
 
     python evaluate.py out-baseline out-bytes --text data/shakespeare
-    python evaluate.py out-a out-b --text gutenberg/val.jsonl.xz --probes probes/*.jsonl --json out-ab/e.json
+    python evaluate.py out-a out-b --text gutenberg/val.jsonl.xz --probes probes/*.jsonl \
+        --json out-ab/e.json
     python evaluate.py out-a out-b --text data/gutenberg --text2 data/wikipedia
-    python evaluate.py out-a --text shakespeare --skip tasks probes --noise drop:0.2,swap:0.1 --seg_rates 0.25,1
+    python evaluate.py out-a --text shakespeare --skip tasks probes --noise drop:0.2,swap:0.1 \
+        --seg_rates 0.25,1
 
 Reports, per checkpoint (exact definitions: README, section Evaluation):
   text      bits-per-byte of the text (non-overlapping block_size windows, as train.py's val bpb)
-  noise     bpb of a clean continuation after a noised context, against the same after the clean context
+  noise     bpb of a clean continuation after a noised context, against the same after the clean
+            context
   segment   bpb of a canonical continuation after a context tokenized non-canonically (same bytes)
             (text, noise and segmentation also for a second domain, --text2)
-  tasks     character tasks over held-out words (tasks.py): accuracy against distractors, exact match
+  tasks     character tasks over held-out words (tasks.py): accuracy against distractors, exact
+            match
   task_groups  the same over train words, held-out single-token and held-out multi-token words
-  branch    per side stream: bpb and task accuracy with its cross-attention zeroed, and the norm it adds
+  branch    per side stream: bpb and task accuracy with its cross-attention zeroed, and the norm it
+            adds
   probes    multiple-choice JSONL files: accuracy by summed and by per-byte log-likelihood
 Prints one markdown table (a column per checkpoint) and writes every number, with the settings that
-reproduce it, to JSON beside each checkpoint (or --json). Every scored text is a new document: it starts
-with the end-of-text token.
+reproduce it, to JSON beside each checkpoint (or --json). Every scored text is a new document: it
+starts with the end-of-text token.
 """
 import argparse
 import functools
@@ -31,6 +37,7 @@ import re
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,42 +48,177 @@ from model import batch_inputs, open_trained, pick_device
 from perturb import NOISE_DEFAULTS, noise, noncanonical, parse_noise
 from tokenizers import EOT_BYTE
 
-LN2 = math.log(2)
+# The file reads top to bottom: the command line; the inputs (text, context/continuation pairs,
+# task words, probe files); the Scorer, which runs a model on many short texts; the probes (text
+# bpb, noise and segmentation, character tasks and multiple choice, branch usage); the report
+# (markdown table and JSON); last, main: the shared inputs, then each checkpoint through every
+# probe, then the report.
 
-# ------------------------------------------------------------------------------------------------
-# inputs: text sources, context/continuation pairs, probe files
+LN2 = math.log(2)
+# the metric groups --skip can leave out, in the order they run
+GROUPS = ("text", "noise", "segmentation", "tasks", "task_groups", "branch", "probes")
+TASK_GROUPS = {"train": "train words", "heldout_single_token": "held-out single-token words",
+               "heldout_multi_token": "held-out multi-token words"}
+PROBE_FORMAT = '{"context": str, "choices": [str, ...], "answer": int}'
+
+# ================================================================================================
+# the command line
+
+def parser():
+    """The command-line options (the module docstring is the help's description)."""
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="training output folders (or checkpoint files)")
+    # the text
+    p.add_argument("--text", nargs="+", default=["shakespeare"],
+                   help="text to evaluate on: a folder written by prepare.py, or any source "
+                        "prepare.py accepts ('shakespeare', 'fineweb-edu', .txt/.jsonl files, "
+                        "folders, globs)")
+    p.add_argument("--text_split", default="auto",
+                   help="val, train or all (auto: val of prepared folders and built-in sources, "
+                        "all of files)")
+    p.add_argument("--text2", nargs="+", default=None,
+                   help="a second text domain (any source --text takes), evaluated beside the "
+                        "first for text bpb, noise, segmentation and branch usage")
+    p.add_argument("--text2_split", default="auto", help="--text_split for --text2")
+    p.add_argument("--max_bytes", type=int, default=300_000,
+                   help="use at most this many bytes of each text (0: all)")
+    p.add_argument("--text_windows", type=int, default=0,
+                   help="text bpb over this many full block_size windows spread evenly over the "
+                        "text, as train.py picks its eval_tokens / block_size val windows (0: all, "
+                        "from the start)")
+    p.add_argument("--fineweb_files", type=int, default=1)
+    # the probes
+    p.add_argument("--skip", nargs="*", default=[], choices=GROUPS,
+                   help="metric groups to leave out")
+    p.add_argument("--pairs", type=int, default=200,
+                   help="context/continuation pairs for noise and segmentation")
+    p.add_argument("--ctx_chars", type=int, default=400,
+                   help="context length in characters (about)")
+    p.add_argument("--cont_chars", type=int, default=100,
+                   help="continuation length in characters (about)")
+    p.add_argument("--noise", default=",".join(f"{k}:{v:g}" for k, v in NOISE_DEFAULTS.items()),
+                   help="kind:rate,... of " + ", ".join(NOISE_DEFAULTS) + " (or none)")
+    p.add_argument("--seg_rates", default="0.25,1",
+                   help="rates of non-canonical segmentation, comma-separated")
+    p.add_argument("--words", default=None,
+                   help="word list or any text file for the character tasks (default: "
+                        "<text folder>/task_words.txt when prepare.py wrote one, else words of the "
+                        "text)")
+    p.add_argument("--task_items", type=int, default=100,
+                   help="items per task family (and per word group)")
+    p.add_argument("--families", default=",".join(tasks.FAMILIES),
+                   help="task families, comma-separated")
+    p.add_argument("--probes", nargs="*", default=[],
+                   help="multiple-choice JSONL files " + PROBE_FORMAT)
+    p.add_argument("--seed", type=int, default=1337)
+    # running and reporting
+    p.add_argument("--batch_tokens", type=int, default=8192,
+                   help="tokens per forward pass (fewer: less memory)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32",
+                   help="float32, or bfloat16 (autocast; faster on GPUs, but its rounding can blur "
+                        "the small differences this script measures)")
+    p.add_argument("--json", default=None,
+                   help="write every number and setting to this file (default: each checkpoint's "
+                        "numbers to eval.json in its folder, or to <name>.eval.json beside a "
+                        "checkpoint file)")
+    p.add_argument("--md", default=None, help="also write the markdown table here")
+    return p
+
+
+def options(argv):
+    """Parsed and checked command-line options; noise, seg_rates and families come back parsed.
+    Also the probe files, read: name -> (path, items)."""
+    args = parser().parse_args(argv)
+    check_options(args)
+    return args, read_probe_files(args.probes)
+
+
+def check_options(args):
+    """Fails on a bad option before any long work; parses noise, seg_rates and families in place."""
+    if args.dtype not in ("bfloat16", "float32"):
+        raise SystemExit("error: --dtype must be float32 or bfloat16")
+    if args.max_bytes < 0 or args.text_windows < 0:
+        raise SystemExit("error: --max_bytes and --text_windows must be 0 or more")
+    args.noise = parse_noise(args.noise)
+    try:
+        args.seg_rates = [float(r) for r in args.seg_rates.split(",") if r.strip()]
+    except ValueError:
+        raise SystemExit(f"error: --seg_rates {args.seg_rates!r} is not a comma-separated list of "
+                         f"numbers")
+    if not all(0 <= r <= 1 for r in args.seg_rates):
+        raise SystemExit("error: --seg_rates must lie between 0 and 1")
+    args.families = [f for f in args.families.split(",") if f]
+    bad = [f for f in args.families if f not in tasks.FAMILIES]
+    if bad:
+        raise SystemExit(f"error: unknown task families {bad}; "
+                         f"families: {', '.join(tasks.FAMILIES)}")
+    if len(set(args.checkpoints)) < len(args.checkpoints):
+        raise SystemExit("error: a checkpoint is named twice")
+    for path in args.checkpoints:
+        if not os.path.exists(os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path):
+            raise SystemExit(f"error: no checkpoint at {path}: pass a training out_dir "
+                             f"(holding ckpt.pt) or a file")
+
+# ================================================================================================
+# inputs: text sources, context/continuation pairs, task words, probe files
 
 def text_documents(sources, split="auto", max_bytes=300_000, fineweb_files=1):
-    """Documents (UTF-8 bytes) of a source prepare.py accepts, or of a folder prepare.py wrote, in order,
-    up to max_bytes in all (0: no limit). split: 'val', 'train' or 'all'; 'auto' is 'val' for shakespeare,
-    fineweb-edu and prepared folders, 'all' for files (you name the file you want)."""
-    import prepare
+    """Documents (UTF-8 bytes) of a source prepare.py accepts, or of a folder prepare.py wrote, in
+    order, up to max_bytes in all (0: no limit). split: 'val', 'train' or 'all'; 'auto' is 'val' for
+    shakespeare, fineweb-edu and prepared folders, 'all' for files (you name the file you want)."""
     src = sources[0]
-    prepared = len(sources) == 1 and os.path.isdir(src) and bool(glob.glob(os.path.join(src, "*.bytes.bin")))
+    prepared = (len(sources) == 1 and os.path.isdir(src)
+                and bool(glob.glob(os.path.join(src, "*.bytes.bin"))))
     builtin = len(sources) == 1 and src in ("shakespeare", "fineweb-edu")
     if split == "auto":
         split = "val" if prepared or builtin else "all"
     if split not in ("val", "train", "all"):
         raise SystemExit(f"error: --text_split must be auto, val, train or all, not {split!r}")
     if prepared:
-        parts = ["train", "val"] if split == "all" else [split]
-        raw = []
-        for part in parts:
-            try:
-                arr, _ = read_array(os.path.join(src, f"{part}.bytes.bin"))
-            except Exception as e:
-                raise SystemExit(f"error: {e}")
-            # documents start with 0xFF: split them there
-            raw.append(bytes(arr[:max_bytes + 1] if max_bytes else arr))
-        # the prefix may end inside a character: keep whole characters only
-        docs = [d.decode("utf-8", "ignore").encode("utf-8") for r in raw for d in r.split(bytes([EOT_BYTE])) if d]
-    elif split == "all" and not builtin:
-        progress = prepare.Progress(None)
-        docs = (utf8(d) for f in prepare.expand(sources) for d in prepare.read_documents(f, progress))
+        docs = prepared_documents(src, split, max_bytes)
     else:
-        ns = argparse.Namespace(train=sources, val=None, val_fraction=0.05, fineweb_files=fineweb_files)
-        _, tagged, _ = prepare.tagged_documents(ns)
-        docs = (utf8(d) for s, d in tagged if split == "all" or s == split)
+        docs = source_documents(sources, split, builtin, fineweb_files)
+    out = crop_documents(docs, max_bytes)
+    if not out:
+        raise SystemExit(f"error: the text source {' '.join(sources)} ({split} split) has no "
+                         f"documents")
+    return out
+
+
+def prepared_documents(folder, split, max_bytes):
+    """The documents of a folder prepare.py wrote (SPLIT.bytes.bin), from at most max_bytes + 1
+    bytes of each split read."""
+    parts = ["train", "val"] if split == "all" else [split]
+    raw = []
+    for part in parts:
+        try:
+            arr, _ = read_array(os.path.join(folder, f"{part}.bytes.bin"))
+        except Exception as e:
+            raise SystemExit(f"error: {e}")
+        # documents start with 0xFF: split them there
+        raw.append(bytes(arr[:max_bytes + 1] if max_bytes else arr))
+    # the prefix may end inside a character: keep whole characters only
+    return [d.decode("utf-8", "ignore").encode("utf-8")
+            for r in raw for d in r.split(bytes([EOT_BYTE])) if d]
+
+
+def source_documents(sources, split, builtin, fineweb_files):
+    """The documents of sources prepare.py reads, one at a time (read only as far as needed)."""
+    import prepare
+    if split == "all" and not builtin:
+        progress = prepare.Progress(None)
+        return (utf8(d) for f in prepare.expand(sources)
+                for d in prepare.read_documents(f, progress))
+    ns = argparse.Namespace(train=sources, val=None, val_fraction=0.05,
+                            fineweb_files=fineweb_files)
+    _, tagged, _ = prepare.tagged_documents(ns)
+    return (utf8(d) for s, d in tagged if split == "all" or s == split)
+
+
+def crop_documents(docs, max_bytes):
+    """The documents, in order, up to max_bytes in all (0: no limit); empty ones left out."""
     out, total = [], 0
     for d in docs:
         if max_bytes and total >= max_bytes:
@@ -86,8 +228,6 @@ def text_documents(sources, split="auto", max_bytes=300_000, fineweb_files=1):
         if d:
             out.append(d)
             total += len(d)
-    if not out:
-        raise SystemExit(f"error: the text source {' '.join(sources)} ({split} split) has no documents")
     return out
 
 
@@ -100,14 +240,15 @@ def utf8(text):
 
 
 def make_pairs(texts, n, ctx_chars, cont_chars, seed):
-    """n (context, continuation) pairs cut from documents at word boundaries, seeded. The context starts at
-    a word and ends with one (about ctx_chars characters); the continuation (about cont_chars) starts with
-    the whitespace that follows and ends at a word's end."""
+    """n (context, continuation) pairs cut from documents at word boundaries, seeded. The context
+    starts at a word and ends with one (about ctx_chars characters); the continuation (about
+    cont_chars) starts with the whitespace that follows and ends at a word's end."""
     rng = random.Random(f"pairs:{seed}")
     texts = [t for t in texts if len(t) > ctx_chars + cont_chars + 2]
     if not texts:
-        raise SystemExit(f"error: no document of the text is longer than --ctx_chars + --cont_chars "
-                         f"({ctx_chars} + {cont_chars}); give more text or shorter lengths")
+        raise SystemExit(f"error: no document of the text is longer than --ctx_chars + "
+                         f"--cont_chars ({ctx_chars} + {cont_chars}); give more text or shorter "
+                         f"lengths")
     word_start, word_end = re.compile(r"\s\S"), re.compile(r"\S\s")
     weights = [len(t) for t in texts]
     pairs, seen = [], set()
@@ -132,14 +273,72 @@ def make_pairs(texts, n, ctx_chars, cont_chars, seed):
         seen.add((d, a))
         pairs.append((ctx, cont))
     if len(pairs) < n:
-        print(f"warning: only {len(pairs)} distinct context/continuation pairs of {n}", file=sys.stderr)
+        print(f"warning: only {len(pairs)} distinct context/continuation pairs of {n}",
+              file=sys.stderr)
     return pairs
 
 
-PROBE_FORMAT = '{"context": str, "choices": [str, ...], "answer": int}'
+def domain(sources, split, args, skip, settings, key=""):
+    """One text domain: its documents as bytes (each after 0xFF) and its context/continuation pairs,
+    loaded only when some group needs them; their sizes go into settings under text<key>_docs and
+    so on."""
+    need = not {"text", "noise", "segmentation", "branch"} <= skip
+    docs = text_documents(sources, split, args.max_bytes, args.fineweb_files) if need else []
+    texts = [d.decode("utf-8", "replace") for d in docs]
+    pairs = []
+    if docs and not {"noise", "segmentation"} <= skip:
+        pairs = make_pairs(texts, args.pairs, args.ctx_chars, args.cont_chars, args.seed)
+    settings[f"text{key}_docs"], settings[f"text{key}_bytes"] = len(docs), sum(map(len, docs))
+    settings["n_pairs" + key] = len(pairs)
+    return b"".join(bytes([EOT_BYTE]) + d for d in docs), texts, pairs
+
+
+def task_words(args, texts):
+    """The task word list, the held-out items of each family, and the settings that describe
+    them."""
+    words_file = args.words
+    prepared_list = os.path.join(args.text[0], "task_words.txt")
+    if words_file is None and len(args.text) == 1 and os.path.exists(prepared_list):
+        words_file = prepared_list  # the list prepare.py made its task documents from
+    if not words_file and not texts:
+        docs = text_documents(args.text, args.text_split, args.max_bytes, args.fineweb_files)
+        texts = [d.decode("utf-8", "replace") for d in docs]
+    try:
+        words = tasks.load_words(words_file) if words_file else tasks.words_from_text(texts)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: --words: {e}")
+    heldout = tasks.split_words(words)[1]
+    if not heldout:
+        raise SystemExit("error: the word list has no held-out words: give a longer list with "
+                         "--words")
+    task_items = {f: tasks.eval_items(words, f, args.task_items, args.seed) for f in args.families}
+    short = {f: len(v) for f, v in task_items.items() if len(v) < args.task_items}
+    if short:
+        print(f"warning: too few held-out words for {args.task_items} items: {short}",
+              file=sys.stderr)
+    info = dict(words_source=words_file or "words of the text (twice or more)",
+                n_words=len(words), n_heldout_words=len(heldout),
+                heldout_percent=tasks.HELDOUT_PERCENT, heldout_salt=tasks.HELDOUT_SALT,
+                n_choices=tasks.N_CHOICES, items={f: len(v) for f, v in task_items.items()},
+                groups={})
+    return words, task_items, info
+
+
+def group_items(words, tok, args, info):
+    """Task items of each word group (train words; held-out words of one token and of several) for a
+    main tokenizer; the group sizes go into info['groups'][tokenizer]."""
+    groups = tasks.word_groups(words, tok.encode)
+    items = {g: {f: tasks.eval_items(words, f, args.task_items, args.seed, g, groups)
+                 for f in args.families}
+             for g in TASK_GROUPS}
+    info["groups"][tok.spec] = {g: dict(words=len(groups[g]),
+                                        items={f: len(v) for f, v in items[g].items()})
+                                for g in TASK_GROUPS}
+    return items
 
 
 def _probe_problem(obj):
+    """What is wrong with one line of a probe file (None: nothing)."""
     if not isinstance(obj, dict):
         return "not a JSON object"
     missing = [k for k in ("context", "choices", "answer") if k not in obj]
@@ -174,7 +373,8 @@ def read_probes(path):
             try:
                 obj = json.loads(line)
             except ValueError as e:
-                raise SystemExit(f"error: {path} line {n}: not valid JSON ({e}); expected {PROBE_FORMAT}")
+                raise SystemExit(f"error: {path} line {n}: not valid JSON ({e}); "
+                                 f"expected {PROBE_FORMAT}")
             problem = _probe_problem(obj)
             if problem:
                 raise SystemExit(f"error: {path} line {n}: {problem}; expected {PROBE_FORMAT}")
@@ -183,7 +383,44 @@ def read_probes(path):
         raise SystemExit(f"error: probe file {path} holds no probes; expected lines {PROBE_FORMAT}")
     return items
 
-# ------------------------------------------------------------------------------------------------
+
+def read_probe_files(paths):
+    """name (the file name up to its first dot, primed where taken) -> (path, items)."""
+    files = {}
+    for path in paths:
+        name = os.path.basename(path).split(".")[0]
+        while name in files:
+            name += "'"
+        files[name] = (path, read_probes(path))
+    return files
+
+
+@dataclass
+class Inputs:
+    """What every checkpoint is scored on."""
+    data: bytes  # the text: documents, each after 0xFF (b"": not needed)
+    pairs: list  # its (context, continuation) pairs
+    data2: bytes  # the same of the second domain, --text2
+    pairs2: list
+    words: list  # the task word list (None: no tasks)
+    task_items: dict  # family -> held-out items
+    probe_files: dict  # name -> (path, items)
+    groups: dict = field(default_factory=dict)  # main tokenizer -> word group -> family -> items
+
+
+def shared_inputs(args, probe_files, settings):
+    """The inputs of every checkpoint, loaded once; their sizes go into settings."""
+    skip = set(args.skip)
+    data, texts, pairs = domain(args.text, args.text_split, args, skip, settings)
+    data2, pairs2 = b"", []
+    if args.text2:
+        data2, _, pairs2 = domain(args.text2, args.text2_split, args, skip, settings, "2")
+    words, task_items = None, {}
+    if not {"tasks", "task_groups"} <= skip:
+        words, task_items, settings["tasks"] = task_words(args, texts)
+    return Inputs(data, pairs, data2, pairs2, words, task_items, probe_files)
+
+# ================================================================================================
 # running a model
 
 def duration(seconds):
@@ -196,8 +433,8 @@ def duration(seconds):
 
 
 def progress(name, what, done, total, t0, unit=""):
-    """A progress line on stderr (rewritten in place): done/total, time so far, and the time left at the
-    pace so far."""
+    """A progress line on stderr (rewritten in place): done/total, time so far, and the time left at
+    the pace so far."""
     spent = time.time() - t0
     left = spent / done * (total - done) if done else float("nan")
     print(f"\r  [{name}] {what}: {unit}{done}/{total} ({100 * done / max(1, total):.0f}%), "
@@ -205,10 +442,11 @@ def progress(name, what, done, total, t0, unit=""):
 
 
 class Scorer:
-    """One model on many short texts. Each sequence of ids starts with end-of-text (a new document); one
-    longer than block_size is cropped from the left, keeping what is scored."""
+    """One model on many short texts. Each sequence of ids starts with end-of-text (a new document);
+    one longer than block_size is cropped from the left, keeping what is scored."""
 
-    def __init__(self, model, main_tok, side_toks, device, batch_tokens, autocast=nullcontext(), name=""):
+    def __init__(self, model, main_tok, side_toks, device, batch_tokens, autocast=nullcontext(),
+                 name=""):
         self.model, self.main_tok, self.side_toks, self.device = model, main_tok, side_toks, device
         self.batch_tokens, self.autocast, self.name = batch_tokens, autocast, name
         self.T, self.V = model.config.block_size, main_tok.vocab_size
@@ -216,20 +454,23 @@ class Scorer:
 
     def corpus(self, ids):
         # the side streams are rebuilt from the bytes that the ids spell
-        return Corpus.from_bytes(self.main_tok.decode(ids), self.main_tok, self.side_toks, main_ids=ids)
+        return Corpus.from_bytes(self.main_tok.decode(ids), self.main_tok, self.side_toks,
+                                 main_ids=ids)
 
     def inputs(self, entries):
         """Model inputs for windows (corpus, p, n): n inputs from token p, padded to the longest."""
         width = max(n for _, _, n in entries)
-        # trim: side rows end at the longest window's last element, so that short windows cost little
+        # trim: side rows end at the longest window's last element, so that short windows cost
+        # little
         batch = make_batch(entries, self.side_toks, self.model.config.streams, width, trim=True)
         inputs = batch_inputs(batch, self.device)
         self.lost += batch["lost"].sum(0).numpy()
         return inputs, batch
 
     def chunks(self, lengths, what=""):
-        """Batches of indices, similar lengths together, each at most batch_tokens once padded (the logits,
-        batch x length x vocabulary, are what fills memory); progress on stderr for long runs."""
+        """Batches of indices, similar lengths together, each at most batch_tokens once padded (the
+        logits, batch x length x vocabulary, are what fills memory); progress on stderr for long
+        runs."""
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         out = [[]]
         for i in order:  # ascending lengths: the item just added is the longest of its batch
@@ -239,14 +480,16 @@ class Scorer:
         t0 = time.time()
         for done, chunk in enumerate(out, 1):
             yield chunk
-            if what and time.time() - t0 > 2:  # batches hold about the same number of tokens: a fair pace
+            # batches hold about the same number of tokens: a fair pace
+            if what and time.time() - t0 > 2:
                 progress(self.name, what, done, len(out), t0, unit="batch ")
         if what and time.time() - t0 > 2:
             print(file=sys.stderr)
 
     @torch.no_grad()
     def continuation_losses(self, seqs, what=""):
-        """seqs: (ids, m). Per sequence, the losses (nats) of its last m ids, each given all ids before it."""
+        """seqs: (ids, m). Per sequence, the losses (nats) of its last m ids, each given all ids
+        before it."""
         out = [None] * len(seqs)
         for chunk in self.chunks([len(s[0]) for s in seqs], what):
             entries = []
@@ -254,8 +497,9 @@ class Scorer:
                 ids, m = seqs[i]
                 n = min(len(ids) - 1, self.T)
                 if not 0 < m <= n:
-                    raise ValueError(f"a scored continuation of {m} tokens does not fit into block_size {self.T}: "
-                                     f"use shorter continuations (--cont_chars) or probe choices")
+                    raise ValueError(f"a scored continuation of {m} tokens does not fit into "
+                                     f"block_size {self.T}: use shorter continuations "
+                                     f"(--cont_chars) or probe choices")
                 entries.append((self.corpus(ids), len(ids) - 1 - n, n))
             inputs, _ = self.inputs(entries)
             with self.autocast:
@@ -271,22 +515,25 @@ class Scorer:
         """The most likely next token (over the real vocabulary) after each sequence of ids."""
         out = [None] * len(seqs)
         for chunk in self.chunks([len(s) for s in seqs]):
-            entries = [(self.corpus(seqs[i]), max(0, len(seqs[i]) - self.T), min(len(seqs[i]), self.T)) for i in chunk]
+            entries = [(self.corpus(seqs[i]), max(0, len(seqs[i]) - self.T),
+                        min(len(seqs[i]), self.T)) for i in chunk]
             inputs, _ = self.inputs(entries)
             inputs["targets"] = None
             with self.autocast:
                 logits, _ = self.model(**inputs)
             last = torch.tensor([n - 1 for _, _, n in entries], device=logits.device)
-            picked = logits[torch.arange(len(chunk), device=logits.device), last, : self.V].argmax(-1)
+            rows = torch.arange(len(chunk), device=logits.device)
+            picked = logits[rows, last, : self.V].argmax(-1)
             for row, i in enumerate(chunk):
                 out[i] = int(picked[row])
         return out
 
     def greedy(self, seqs, max_new, what=""):
-        """Greedy continuation of each sequence, until it holds a newline or end-of-text or has max_new[i]
-        tokens. Returns the generated bytes (end-of-text as 0xFF)."""
+        """Greedy continuation of each sequence, until it holds a newline or end-of-text or has
+        max_new[i] tokens. Returns the generated bytes (end-of-text as 0xFF)."""
         ids = [list(s) for s in seqs]
         gen = [b"" for _ in seqs]
+        ended = lambda g: b"\n" in g or bytes([EOT_BYTE]) in g
         active = [i for i in range(len(seqs)) if max_new[i] > 0]
         step, t0 = 0, time.time()
         while active:
@@ -295,7 +542,7 @@ class Scorer:
                 ids[i].append(t)
                 gen[i] += self.main_tok.token_bytes[t]
             step += 1
-            active = [i for i in active if step < max_new[i] and b"\n" not in gen[i] and bytes([EOT_BYTE]) not in gen[i]]
+            active = [i for i in active if step < max_new[i] and not ended(gen[i])]
             if what and time.time() - t0 > 2:  # eta: as if every sequence ran to its longest
                 progress(self.name, what, step, max(max_new), t0, unit="step ")
         if what and time.time() - t0 > 2:
@@ -303,8 +550,9 @@ class Scorer:
         return gen
 
     def choice_scores(self, items, what=""):
-        """items: (context, choices) strings. Per item, (summed log-likelihood, log-likelihood per byte) of
-        each choice given the context; context and choice are tokenized apart (canonical tokens of each)."""
+        """items: (context, choices) strings. Per item, (summed log-likelihood, log-likelihood per
+        byte) of each choice given the context; context and choice are tokenized apart (canonical
+        tokens of each)."""
         tok, seqs, where = self.main_tok, [], []
         for k, (context, choices) in enumerate(items):
             ctx = [tok.eot] + tok.encode(context)
@@ -319,21 +567,24 @@ class Scorer:
             out[k].append((ll, ll / nbytes))
         return out
 
-# ------------------------------------------------------------------------------------------------
-# metrics
+# ================================================================================================
+# probes: text bpb
 
 def text_bpb(scorer, data, windows=0, hooks=None):
-    """Bits per byte of `data` (documents, each preceded by 0xFF): non-overlapping windows of block_size
-    tokens from the start (the last one shorter), every target but end-of-text counted, as train.py's val bpb.
-    windows > 0: only that many full windows, evenly spaced, exactly as train.py picks its
-    eval_tokens / block_size validation windows. hooks (BranchHooks): count the cross-attention norms at scored tokens."""
+    """Bits per byte of `data` (documents, each preceded by 0xFF): non-overlapping windows of
+    block_size tokens from the start (the last one shorter), every target but end-of-text counted,
+    as train.py's val bpb. windows > 0: only that many full windows, evenly spaced, exactly as
+    train.py picks its eval_tokens / block_size validation windows. hooks (BranchHooks): count the
+    cross-attention norms at scored tokens."""
     tok = scorer.main_tok
     corpus = Corpus.from_bytes(data, tok, scorer.side_toks)
     T, starts = scorer.T, list(range(0, corpus.n_tokens - 1, scorer.T))
     if windows:
         if corpus.n_windows(T) == 0:
-            raise SystemExit(f"error: --text_windows: the text has no full window of block_size {T} tokens")
-        starts = [int(w) * T for w in np.linspace(0, corpus.n_windows(T) - 1, windows).astype(int)]
+            raise SystemExit(f"error: --text_windows: the text has no full window of block_size "
+                             f"{T} tokens")
+        spread = np.linspace(0, corpus.n_windows(T) - 1, windows).astype(int)
+        starts = [int(w) * T for w in spread]
     lost0 = scorer.lost.copy()
     nats, nbytes = 0.0, 0
     with torch.no_grad():
@@ -349,9 +600,11 @@ def text_bpb(scorer, data, windows=0, hooks=None):
                 hooks.count(tb > 0)
     if nbytes == 0:
         raise SystemExit("error: the text is too short to score (it needs at least two tokens)")
-    return dict(bpb=nats / (LN2 * nbytes), bytes=nbytes, tokens=int(corpus.n_tokens), windows=len(starts),
-                lost_tokens=(scorer.lost - lost0).tolist())
+    return dict(bpb=nats / (LN2 * nbytes), bytes=nbytes, tokens=int(corpus.n_tokens),
+                windows=len(starts), lost_tokens=(scorer.lost - lost0).tolist())
 
+# ------------------------------------------------------------------------------------------------
+# probes: noise and segmentation (a continuation's bpb after a changed context)
 
 def pairs_bpb(scorer, contexts, conts, what):
     """bpb of the continuations, each after its context (given as ids), pooled over all pairs."""
@@ -363,6 +616,8 @@ def pairs_bpb(scorer, contexts, conts, what):
 
 
 def noise_robustness(scorer, pairs, kinds, seed):
+    """The continuations' bpb after the clean contexts, then after the contexts noised by each kind
+    (delta: noised - clean)."""
     tok = scorer.main_tok
     conts = [tok.encode(c) for _, c in pairs]
     clean = pairs_bpb(scorer, [tok.encode(x) for x, _ in pairs], conts, "noise: clean")
@@ -376,6 +631,8 @@ def noise_robustness(scorer, pairs, kinds, seed):
 
 
 def segmentation_robustness(scorer, pairs, rates, seed):
+    """The continuations' bpb after the canonically tokenized contexts, then after the same bytes
+    tokenized non-canonically at each rate (delta: non-canonical - canonical)."""
     tok = scorer.main_tok
     conts = [tok.encode(c) for _, c in pairs]
     canon = [tok.encode(x) for x, _ in pairs]
@@ -385,21 +642,34 @@ def segmentation_robustness(scorer, pairs, rates, seed):
         out["note"] = "byte-level main tokenizer: no token can be split"
     for rate in rates:
         split = [noncanonical(tok, c, rate, f"{seed}/{i}") for i, c in enumerate(canon)]
-        bpb = pairs_bpb(scorer, [s for s, _ in split], conts, f"segmentation: rate {rate}") if tok.enc else base
-        out["rates"][str(rate)] = dict(rate=rate, bpb=bpb, delta=bpb - base, tokens_split=sum(k for _, k in split),
+        bpb = base
+        if tok.enc:
+            bpb = pairs_bpb(scorer, [s for s, _ in split], conts, f"segmentation: rate {rate}")
+        out["rates"][str(rate)] = dict(rate=rate, bpb=bpb, delta=bpb - base,
+                                       tokens_split=sum(k for _, k in split),
                                        context_tokens=sum(len(s) for s, _ in split))
     return out
 
+# ------------------------------------------------------------------------------------------------
+# probes: character tasks and multiple-choice files
 
 def accuracy(scores, labels):
     """Accuracy by summed and by per-byte log-likelihood (ties count against the answer)."""
-    acc = lambda j: float(np.mean([all(s[label][j] > x[j] for m, x in enumerate(s) if m != label)
-                                   for s, label in zip(scores, labels)]))
+    def acc(j):
+        return float(np.mean([all(s[label][j] > x[j] for m, x in enumerate(s) if m != label)
+                              for s, label in zip(scores, labels)]))
     return acc(0), acc(1)
 
 
+def exact_match(generated, answer):
+    """Whether greedy generation wrote the answer, then ended the line."""
+    head = re.split(rb"[\n\xff]", generated, maxsplit=1)
+    return len(head) == 2 and head[0] == answer.encode("utf-8")
+
+
 def char_tasks(scorer, items, group=""):
-    """items: family -> tasks.eval_items(...). Accuracy against distractors and greedy exact match."""
+    """items: family -> tasks.eval_items(...). Accuracy against distractors and greedy exact
+    match."""
     tok, out, what = scorer.main_tok, {}, f"tasks ({group})" if group else "tasks"
     for family, its in items.items():
         if not its:
@@ -410,25 +680,26 @@ def char_tasks(scorer, items, group=""):
         seqs = [[tok.eot] + tok.encode(it["context"]) for it in its]
         max_new = [len(tok.encode(it["answer"])) + 4 for it in its]
         gen = scorer.greedy(seqs, max_new, f"{what}: {family} generation")
-        exact = []
-        for g, it in zip(gen, its):
-            head = re.split(rb"[\n\xff]", g, maxsplit=1)
-            exact.append(len(head) == 2 and head[0] == it["answer"].encode("utf-8"))  # the answer, then the line ends
+        exact = [exact_match(g, it["answer"]) for g, it in zip(gen, its)]
+        examples = [dict(context=it["context"], answer=it["answer"],
+                         generated=g.decode("utf-8", "replace")) for it, g in zip(its[:3], gen)]
         out[family] = dict(n=len(its), acc=acc, acc_norm=acc_norm, exact=float(np.mean(exact)),
                            chance=float(np.mean([1 / len(it["choices"]) for it in its])),
-                           examples=[dict(context=it["context"], answer=it["answer"],
-                                          generated=g.decode("utf-8", "replace")) for it, g in zip(its[:3], gen)])
-    fams = [f for f in out]
+                           examples=examples)
+    fams = list(out)
     if fams:
-        out["mean"] = {k: float(np.mean([out[f][k] for f in fams])) for k in ("acc", "acc_norm", "exact", "chance")}
+        out["mean"] = {k: float(np.mean([out[f][k] for f in fams]))
+                       for k in ("acc", "acc_norm", "exact", "chance")}
         out["mean"]["n"] = sum(out[f]["n"] for f in fams)
     return out
 
 
 def probes(scorer, files):
+    """Accuracy on each multiple-choice probe file (name -> (path, items))."""
     out = {}
     for name, (path, items) in files.items():
-        scores = scorer.choice_scores([(it["context"], it["choices"]) for it in items], f"probe {name}")
+        pairs = [(it["context"], it["choices"]) for it in items]
+        scores = scorer.choice_scores(pairs, f"probe {name}")
         acc, acc_norm = accuracy(scores, [it["answer"] for it in items])
         out[name] = dict(path=path, n=len(items), acc=acc, acc_norm=acc_norm,
                          chance=float(np.mean([1 / len(it["choices"]) for it in items])))
@@ -448,15 +719,19 @@ def choice_accuracy(scorer, items, what):
         k += n
     return tuple(float(v) for v in np.mean(per_family, axis=0))
 
+# ------------------------------------------------------------------------------------------------
+# probes: branch usage (what each side stream's cross-attention adds, and what zeroing it costs)
 
 class BranchHooks:
-    """Forward hooks on the cross-attention of a model (model.blocks[l].cross, reading the side streams
-    model.blocks[l].reads): zero what chosen streams add to the residual (an ablation), and measure how
-    much they add, against the residual entering the block (a Block's first argument, x)."""
+    """Forward hooks on the cross-attention of a model (model.blocks[l].cross, reading the side
+    streams model.blocks[l].reads): zero what chosen streams add to the residual (an ablation), and
+    measure how much they add, against the residual entering the block (a Block's first argument,
+    x)."""
 
     def __init__(self, model):
         self.zeroed, self.recording = set(), False
-        self.last = {}  # norms (B, T) of the last pass: residual by layer, cross-attention by (layer, stream)
+        # norms (B, T) of the last pass: residual by layer, cross-attention by (layer, stream)
+        self.last = {}
         self.sums = {}  # (layer, stream) -> [sum of cross-attention norms, sum of residual norms]
         self.handles = []
         for l, block in enumerate(model.blocks):
@@ -464,7 +739,8 @@ class BranchHooks:
                 hook = functools.partial(self._enter, l)
                 self.handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
             for s, cross in zip(block.reads, block.cross):
-                self.handles.append(cross.register_forward_hook(functools.partial(self._added, l, s)))
+                hook = functools.partial(self._added, l, s)
+                self.handles.append(cross.register_forward_hook(hook))
 
     def _enter(self, layer, block, args, kwargs):
         if self.recording:
@@ -488,7 +764,8 @@ class BranchHooks:
         self.last.clear()
 
     def norm_share(self, s):
-        """Per layer that reads stream s: sum of |cross-attention output| / sum of |residual entering it|."""
+        """Per layer that reads stream s: sum of |cross-attention output| / sum of |residual
+        entering it|."""
         return {str(l): a / b for (l, t), (a, b) in sorted(self.sums.items()) if t == s and b > 0}
 
     def remove(self):
@@ -497,10 +774,11 @@ class BranchHooks:
 
 
 def branch_usage(scorer, data, data2, task_items, windows=0):
-    """How much the model uses each side stream. The intact model's text bpb (of each domain) and task
-    accuracy, then the same with one stream's cross-attention output zeroed in every layer that reads it
-    (delta = zeroed - intact); and per layer, the norm of what the cross-attention adds against the norm of
-    the residual entering the layer, over the scored tokens of the text (intact model)."""
+    """How much the model uses each side stream. The intact model's text bpb (of each domain) and
+    task accuracy, then the same with one stream's cross-attention output zeroed in every layer that
+    reads it (delta = zeroed - intact); and per layer, the norm of what the cross-attention adds
+    against the norm of the residual entering the layer, over the scored tokens of the text (intact
+    model)."""
     model = scorer.model
     names = [s.tokenizer for s in model.config.streams]
     if not names:
@@ -514,7 +792,8 @@ def branch_usage(scorer, data, data2, task_items, windows=0):
         if data2:
             m["text2_bpb"] = text_bpb(scorer, data2, windows)["bpb"]
         if task_items:
-            m["task_acc"], m["task_acc_norm"] = choice_accuracy(scorer, task_items, f"{what}: task choices")
+            m["task_acc"], m["task_acc_norm"] = choice_accuracy(scorer, task_items,
+                                                                f"{what}: task choices")
         return m
 
     try:
@@ -523,267 +802,148 @@ def branch_usage(scorer, data, data2, task_items, windows=0):
         for s, name in enumerate(names):
             hooks.zeroed = {s}
             zeroed = measure(f"branch: {name} zeroed")
-            out["streams"][name] = dict(layers=[l for l, b in enumerate(model.blocks) if s in b.reads],
-                                        norm_share=hooks.norm_share(s), zeroed=zeroed,
-                                        delta={k: v - out[k] for k, v in zeroed.items()})
+            layers = [l for l, b in enumerate(model.blocks) if s in b.reads]
+            delta = {k: v - out[k] for k, v in zeroed.items()}
+            out["streams"][name] = dict(layers=layers, norm_share=hooks.norm_share(s),
+                                        zeroed=zeroed, delta=delta)
     finally:
         hooks.remove()
     return out
 
-# ------------------------------------------------------------------------------------------------
-# report
+# ================================================================================================
+# the report: a markdown table (a row per metric, a column per checkpoint) and JSON files
+
+def fmt(v, f="{:.4f}"):
+    """A number as a table cell; empty where a checkpoint has none ({} or None)."""
+    return "" if v == {} or v is None else f.format(v)
+
+
+class Table:
+    """A markdown table under construction: a row per metric, a column per checkpoint."""
+
+    def __init__(self, results):
+        self.results, self.names, self.rows = results, list(results), []
+
+    def get(self, name, *keys):
+        """results[name][key][key]...; {} where a key is missing."""
+        return functools.reduce(lambda d, k: d.get(k, {}) if isinstance(d, dict) else {}, keys,
+                                self.results[name])
+
+    def has(self, *keys):
+        """Whether some checkpoint has a value at keys."""
+        return any(self.get(n, *keys) != {} for n in self.names)
+
+    def first(self, key):
+        """The results of the first checkpoint that has (non-empty) results[key], or None."""
+        return next((self.results[n] for n in self.names if self.results[n].get(key)), None)
+
+    def row(self, label, cell):
+        """A row: the label, then cell(name) of each checkpoint."""
+        self.rows.append([label] + [cell(n) for n in self.names])
+
+    def markdown(self):
+        lines = ["| metric | " + " | ".join(self.names) + " |", "|---|" + "---|" * len(self.names)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines)
+
 
 def markdown_table(results):
-    names = list(results)
-    rows = []
-    get = lambda name, *keys: functools.reduce(lambda d, k: d.get(k, {}) if isinstance(d, dict) else {},
-                                               keys, results[name])
-    fmt = lambda v, f="{:.4f}": "" if v == {} or v is None else f.format(v)
-    row = lambda label, fn: rows.append([label] + [fn(n) for n in names])
-    row("step", lambda n: fmt(get(n, "info", "step"), "{}"))
-    row("parameters", lambda n: fmt(get(n, "info", "params") / 1e6, "{:.2f}M") if get(n, "info", "params") != {} else "")
-    row("side streams", lambda n: ", ".join(get(n, "info", "streams")) or "none")
-    for d, text in (("", "text"), ("2", "text2")):  # the text, then the second domain (--text2)
-        if any(get(n, "text" + d) != {} for n in names):
-            row(f"{text} bpb", lambda n, d=d: fmt(get(n, "text" + d, "bpb")))
-        for group, items, reference, what in (("noise", "kinds", "clean_bpb", "clean context"),
-                                              ("segmentation", "rates", "canonical_bpb", "canonical")):
-            g = group + d
-            first = next((results[n] for n in names if g in results[n]), None)
-            if not first:
-                continue
-            row(f"{text} {group}: {what}, continuation bpb", lambda n, g=g, r=reference: fmt(get(n, g, r)))
-            for key, v in first[g][items].items():
-                label = f"{key} {v['rate']:g}" if group == "noise" else f"rate {v['rate']:g}"
-                row(f"{text} {group}: {label}, bpb (Δ)",
-                    lambda n, k=key, g=g, i=items: f"{get(n, g, i, k, 'bpb'):.4f} ({get(n, g, i, k, 'delta'):+.4f})")
-    first = next((results[n] for n in names if results[n].get("tasks")), None)
-    if first:
-        for fam, v in first["tasks"].items():
-            label = "tasks: mean" if fam == "mean" else f"task: {fam}"
-            row(f"{label}, acc / exact (chance {v['chance']:.2f})",
-                lambda n, f=fam: f"{get(n, 'tasks', f, 'acc'):.3f} / {get(n, 'tasks', f, 'exact'):.3f}")
+    """results: checkpoint -> its results. The table: the models, the text (and --text2), the
+    character tasks, branch usage, the probe files."""
+    t = Table(results)
+    info_rows(t)
+    for d in ("", "2"):  # the text, then the second domain (--text2)
+        text_rows(t, d)
+    task_rows(t)
+    branch_rows(t)
+    probe_rows(t)
+    return t.markdown()
+
+
+def info_rows(t):
+    t.row("step", lambda n: fmt(t.get(n, "info", "step"), "{}"))
+    params = lambda n: t.get(n, "info", "params")
+    t.row("parameters", lambda n: fmt(params(n) / 1e6, "{:.2f}M") if params(n) != {} else "")
+    t.row("side streams", lambda n: ", ".join(t.get(n, "info", "streams")) or "none")
+
+
+def text_rows(t, d):
+    """Text bpb, noise and segmentation of one domain (d: '' the text, '2' the second domain)."""
+    text = "text" + d
+    if t.has(text):
+        t.row(f"{text} bpb", lambda n: fmt(t.get(n, text, "bpb")))
+    for group, items, reference, what in (("noise", "kinds", "clean_bpb", "clean context"),
+                                          ("segmentation", "rates", "canonical_bpb", "canonical")):
+        g = group + d
+        first = t.first(g)
+        if not first:
+            continue
+        t.row(f"{text} {group}: {what}, continuation bpb", lambda n: fmt(t.get(n, g, reference)))
+        for key, v in first[g][items].items():
+            label = f"{key} {v['rate']:g}" if group == "noise" else f"rate {v['rate']:g}"
+            t.row(f"{text} {group}: {label}, bpb (Δ)",
+                  lambda n: f"{t.get(n, g, items, key, 'bpb'):.4f} "
+                            f"({t.get(n, g, items, key, 'delta'):+.4f})")
+
+
+def task_rows(t):
+    """Each task family on held-out words and their mean; the means on each word group."""
+    first = t.first("tasks")
+    for fam, v in first["tasks"].items() if first else ():
+        label = "tasks: mean" if fam == "mean" else f"task: {fam}"
+        t.row(f"{label}, acc / exact (chance {v['chance']:.2f})",
+              lambda n: f"{t.get(n, 'tasks', fam, 'acc'):.3f} / "
+                        f"{t.get(n, 'tasks', fam, 'exact'):.3f}")
     for group, label in TASK_GROUPS.items():
-        if any(get(n, "task_groups", group, "mean") != {} for n in names):
-            row(f"tasks on {label}: mean acc / exact (chance) [items]",
-                lambda n, g=group: "" if get(n, "task_groups", g, "mean") == {} else
-                "{acc:.3f} / {exact:.3f} ({chance:.2f}) [{n}]".format(**get(n, "task_groups", g, "mean")))
-    streams = list(dict.fromkeys(s for n in names for s in get(n, "branch", "streams")))
+        if not t.has("task_groups", group, "mean"):
+            continue
+        mean = lambda n: t.get(n, "task_groups", group, "mean")
+        t.row(f"tasks on {label}: mean acc / exact (chance) [items]",
+              lambda n: "" if mean(n) == {} else
+              "{acc:.3f} / {exact:.3f} ({chance:.2f}) [{n}]".format(**mean(n)))
+
+
+def branch_rows(t):
+    """Per side stream: what zeroing it costs, and the norm share it adds by layer."""
+    streams = list(dict.fromkeys(s for n in t.names for s in t.get(n, "branch", "streams")))
     for s in streams:
-        for key, label in (("text_bpb", "text bpb"), ("text2_bpb", "text2 bpb"), ("task_acc", "task acc")):
-            if any(get(n, "branch", "streams", s, "delta", key) != {} for n in names):
-                row(f"branch {s} zeroed: Δ {label}",
-                    lambda n, s=s, k=key: fmt(get(n, "branch", "streams", s, "delta", k), "{:+.4f}"))
-        row(f"branch {s}: cross-attention norm / residual norm, by layer",
-            lambda n, s=s: ", ".join(f"L{l} {v:.2%}" for l, v in
-                                     get(n, "branch", "streams", s, "norm_share").items()))
-    first = next((results[n] for n in names if results[n].get("probes")), None)
-    if first:
-        for name, v in first["probes"].items():
-            row(f"probe: {name}, acc / acc_norm (chance {v['chance']:.2f})",
-                lambda n, p=name: f"{get(n, 'probes', p, 'acc'):.3f} / {get(n, 'probes', p, 'acc_norm'):.3f}")
-    lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-# ------------------------------------------------------------------------------------------------
-
-GROUPS = ("text", "noise", "segmentation", "tasks", "task_groups", "branch", "probes")
-TASK_GROUPS = {"train": "train words", "heldout_single_token": "held-out single-token words",
-               "heldout_multi_token": "held-out multi-token words"}
+        for key, label in (("text_bpb", "text bpb"), ("text2_bpb", "text2 bpb"),
+                           ("task_acc", "task acc")):
+            if t.has("branch", "streams", s, "delta", key):
+                t.row(f"branch {s} zeroed: Δ {label}",
+                      lambda n: fmt(t.get(n, "branch", "streams", s, "delta", key), "{:+.4f}"))
+        shares = lambda n: t.get(n, "branch", "streams", s, "norm_share").items()
+        t.row(f"branch {s}: cross-attention norm / residual norm, by layer",
+              lambda n: ", ".join(f"L{layer} {v:.2%}" for layer, v in shares(n)))
 
 
-def options(argv):
-    """Parsed and checked command-line options; noise, seg_rates and families come back parsed."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoints", nargs="+", help="training output folders (or checkpoint files)")
-    p.add_argument("--text", nargs="+", default=["shakespeare"],
-                   help="text to evaluate on: a folder written by prepare.py, or any source prepare.py accepts "
-                        "('shakespeare', 'fineweb-edu', .txt/.jsonl files, folders, globs)")
-    p.add_argument("--text_split", default="auto", help="val, train or all (auto: val of prepared folders and "
-                   "built-in sources, all of files)")
-    p.add_argument("--text2", nargs="+", default=None,
-                   help="a second text domain (any source --text takes), evaluated beside the first for text "
-                        "bpb, noise, segmentation and branch usage")
-    p.add_argument("--text2_split", default="auto", help="--text_split for --text2")
-    p.add_argument("--max_bytes", type=int, default=300_000,
-                   help="use at most this many bytes of each text (0: all)")
-    p.add_argument("--text_windows", type=int, default=0,
-                   help="text bpb over this many full block_size windows spread evenly over the text, as "
-                        "train.py picks its eval_tokens / block_size val windows (0: all, from the start)")
-    p.add_argument("--fineweb_files", type=int, default=1)
-    p.add_argument("--skip", nargs="*", default=[], choices=GROUPS, help="metric groups to leave out")
-    p.add_argument("--pairs", type=int, default=200, help="context/continuation pairs for noise and segmentation")
-    p.add_argument("--ctx_chars", type=int, default=400, help="context length in characters (about)")
-    p.add_argument("--cont_chars", type=int, default=100, help="continuation length in characters (about)")
-    p.add_argument("--noise", default=",".join(f"{k}:{v:g}" for k, v in NOISE_DEFAULTS.items()),
-                   help="kind:rate,... of " + ", ".join(NOISE_DEFAULTS) + " (or none)")
-    p.add_argument("--seg_rates", default="0.25,1", help="rates of non-canonical segmentation, comma-separated")
-    p.add_argument("--words", default=None, help="word list or any text file for the character tasks (default: "
-                   "<text folder>/task_words.txt when prepare.py wrote one, else words of the text)")
-    p.add_argument("--task_items", type=int, default=100, help="items per task family (and per word group)")
-    p.add_argument("--families", default=",".join(tasks.FAMILIES), help="task families, comma-separated")
-    p.add_argument("--probes", nargs="*", default=[], help="multiple-choice JSONL files " + PROBE_FORMAT)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--batch_tokens", type=int, default=8192, help="tokens per forward pass (fewer: less memory)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", help="float32, or bfloat16 (autocast; faster on GPUs, but its "
-                   "rounding can blur the small differences this script measures)")
-    p.add_argument("--json", default=None,
-                   help="write every number and setting to this file (default: each checkpoint's numbers to "
-                        "eval.json in its folder, or to <name>.eval.json beside a checkpoint file)")
-    p.add_argument("--md", default=None, help="also write the markdown table here")
-    args = p.parse_args(argv)
-
-    if args.dtype not in ("bfloat16", "float32"):
-        raise SystemExit("error: --dtype must be float32 or bfloat16")
-    if args.max_bytes < 0 or args.text_windows < 0:
-        raise SystemExit("error: --max_bytes and --text_windows must be 0 or more")
-    args.noise = parse_noise(args.noise)
-    try:
-        args.seg_rates = [float(r) for r in args.seg_rates.split(",") if r.strip()]
-    except ValueError:
-        raise SystemExit(f"error: --seg_rates {args.seg_rates!r} is not a comma-separated list of numbers")
-    if not all(0 <= r <= 1 for r in args.seg_rates):
-        raise SystemExit("error: --seg_rates must lie between 0 and 1")
-    args.families = [f for f in args.families.split(",") if f]
-    bad = [f for f in args.families if f not in tasks.FAMILIES]
-    if bad:
-        raise SystemExit(f"error: unknown task families {bad}; families: {', '.join(tasks.FAMILIES)}")
-    if len(set(args.checkpoints)) < len(args.checkpoints):
-        raise SystemExit("error: a checkpoint is named twice")
-    for path in args.checkpoints:  # fail before any long work
-        if not os.path.exists(os.path.join(path, "ckpt.pt") if os.path.isdir(path) else path):
-            raise SystemExit(f"error: no checkpoint at {path}: pass a training out_dir (holding ckpt.pt) or a file")
-    probe_files = {}
-    for path in args.probes:
-        name = os.path.basename(path).split(".")[0]
-        while name in probe_files:
-            name += "'"
-        probe_files[name] = (path, read_probes(path))
-    return args, probe_files
+def probe_rows(t):
+    first = t.first("probes")
+    for name, v in first["probes"].items() if first else ():
+        t.row(f"probe: {name}, acc / acc_norm (chance {v['chance']:.2f})",
+              lambda n: f"{t.get(n, 'probes', name, 'acc'):.3f} / "
+                        f"{t.get(n, 'probes', name, 'acc_norm'):.3f}")
 
 
-def domain(sources, split, args, skip, settings, key=""):
-    """One text domain: its documents as bytes (each after 0xFF) and its context/continuation pairs, loaded
-    only when some group needs them; their sizes go into settings under text<key>_docs and so on."""
-    need = not {"text", "noise", "segmentation", "branch"} <= skip
-    docs = text_documents(sources, split, args.max_bytes, args.fineweb_files) if need else []
-    texts = [d.decode("utf-8", "replace") for d in docs]
-    pairs = make_pairs(texts, args.pairs, args.ctx_chars, args.cont_chars, args.seed) \
-        if docs and not {"noise", "segmentation"} <= skip else []
-    settings[f"text{key}_docs"], settings[f"text{key}_bytes"] = len(docs), sum(map(len, docs))
-    settings["n_pairs" + key] = len(pairs)
-    return b"".join(bytes([EOT_BYTE]) + d for d in docs), texts, pairs
+def default_json(path):
+    """Where a checkpoint's numbers go without --json: beside it, never into the working
+    directory."""
+    if os.path.isdir(path):
+        return os.path.join(path, "eval.json")
+    return os.path.splitext(path)[0] + ".eval.json"
 
 
-def task_words(args, texts):
-    """The task word list, the held-out items of each family, and the settings that describe them."""
-    words_file = args.words
-    if words_file is None and len(args.text) == 1 and os.path.exists(os.path.join(args.text[0], "task_words.txt")):
-        words_file = os.path.join(args.text[0], "task_words.txt")  # the list prepare.py made its task documents from
-    if not words_file and not texts:
-        docs = text_documents(args.text, args.text_split, args.max_bytes, args.fineweb_files)
-        texts = [d.decode("utf-8", "replace") for d in docs]
-    try:
-        words = tasks.load_words(words_file) if words_file else tasks.words_from_text(texts)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: --words: {e}")
-    heldout = tasks.split_words(words)[1]
-    if not heldout:
-        raise SystemExit("error: the word list has no held-out words: give a longer list with --words")
-    task_items = {f: tasks.eval_items(words, f, args.task_items, args.seed) for f in args.families}
-    short = {f: len(v) for f, v in task_items.items() if len(v) < args.task_items}
-    if short:
-        print(f"warning: too few held-out words for {args.task_items} items: {short}", file=sys.stderr)
-    info = dict(words_source=words_file or "words of the text (twice or more)", n_words=len(words),
-                n_heldout_words=len(heldout), heldout_percent=tasks.HELDOUT_PERCENT,
-                heldout_salt=tasks.HELDOUT_SALT, n_choices=tasks.N_CHOICES,
-                items={f: len(v) for f, v in task_items.items()}, groups={})
-    return words, task_items, info
+def write_file(path, text):
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)  # atomic: a reader never sees half a file
 
 
-def group_items(words, tok, args, info):
-    """Task items of each word group (train words; held-out words of one token and of several) for a main
-    tokenizer; the group sizes go into info['groups'][tokenizer]."""
-    groups = tasks.word_groups(words, tok.encode)
-    items = {g: {f: tasks.eval_items(words, f, args.task_items, args.seed, g, groups) for f in args.families}
-             for g in TASK_GROUPS}
-    info["groups"][tok.spec] = {g: dict(words=len(groups[g]), items={f: len(v) for f, v in items[g].items()})
-                                for g in TASK_GROUPS}
-    return items
-
-
-def main(argv=None):
-    args, probe_files = options(argv)
-    device = pick_device(args.device)
-    device_type = "cuda" if device.startswith("cuda") else device
-    bf16 = args.dtype == "bfloat16"
-    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    skip = set(args.skip)
-
-    # ---- inputs shared by every checkpoint
-    settings = dict(vars(args), device=device, torch=torch.__version__)
-    data, texts, pairs = domain(args.text, args.text_split, args, skip, settings)
-    data2, pairs2 = b"", []
-    if args.text2:
-        data2, _, pairs2 = domain(args.text2, args.text2_split, args, skip, settings, "2")
-    words, task_items, groups = None, {}, {}
-    if not {"tasks", "task_groups"} <= skip:
-        words, task_items, settings["tasks"] = task_words(args, texts)
-
-    # ---- each checkpoint
-    toks, results = {}, {}
-    for path in args.checkpoints:
-        t0 = time.time()
-        model, main_tok, side_toks, ckpt = open_trained(path, device, toks)
-        model.attention = "sdpa"  # dense masks handle any length; evaluation windows are short
-        c = model.config
-        scorer = Scorer(model, main_tok, side_toks, device, args.batch_tokens, autocast, name=path)
-        res = {"info": dict(path=path, step=ckpt.get("step"), best_val_loss=ckpt.get("best_val_loss"),
-                            tokenizer=c.tokenizer, block_size=c.block_size, streams=[s.tokenizer for s in c.streams],
-                            params=sum(p.numel() for p in model.parameters()))}
-        print(f"[{path}] step {res['info']['step']}, {res['info']['params'] / 1e6:.2f}M parameters, "
-              f"tokenizer {c.tokenizer}, streams {res['info']['streams'] or 'none'}", file=sys.stderr)
-        if "task_groups" not in skip and c.tokenizer not in groups:
-            groups[c.tokenizer] = group_items(words, main_tok, args, settings["tasks"])
-        windows, seed = args.text_windows, args.seed
-        stages = [("text", lambda: text_bpb(scorer, data, windows)),
-                  ("noise", lambda: noise_robustness(scorer, pairs, args.noise, seed)),
-                  ("segmentation", lambda: segmentation_robustness(scorer, pairs, args.seg_rates, seed)),
-                  ("text2", lambda: text_bpb(scorer, data2, windows) if data2 else None),
-                  ("noise2", lambda: noise_robustness(scorer, pairs2, args.noise, seed) if pairs2 else None),
-                  ("segmentation2",
-                   lambda: segmentation_robustness(scorer, pairs2, args.seg_rates, seed) if pairs2 else None),
-                  ("tasks", lambda: char_tasks(scorer, task_items)),
-                  ("task_groups", lambda: {g: char_tasks(scorer, its, g)
-                                           for g, its in groups[c.tokenizer].items()}),
-                  ("branch", lambda: branch_usage(scorer, data, data2, task_items, windows)),
-                  ("probes", lambda: probes(scorer, probe_files) if probe_files else None)]
-        for name, run in stages:
-            if name.rstrip("2") in skip:  # a group left out in both domains
-                continue
-            t1 = time.time()
-            try:
-                value = run()
-            except ValueError as e:
-                raise SystemExit(f"error: {path}, {name}: {e}")
-            if value is not None:
-                res[name] = value
-                print(f"[{path}] {name} done in {duration(time.time() - t1)}", file=sys.stderr)
-        res["info"]["lost_tokens"] = scorer.lost.tolist()
-        res["info"]["seconds"] = time.time() - t0
-        results[path] = res
-        left = len(args.checkpoints) - len(results)
-        print(f"[{path}] done in {duration(res['info']['seconds'])}" + (f"; {left} more checkpoint(s), about "
-              f"{duration(left * res['info']['seconds'])} if as large" if left else ""), file=sys.stderr)
-        if not args.json:
-            one = {"settings": settings, "checkpoints": {path: res}}
-            write_file(default_json(path), json.dumps(one, indent=1))
-        del model, scorer
-        if device_type == "cuda":
-            torch.cuda.empty_cache()
-
+def report(args, settings, results):
+    """Prints the markdown table; writes the JSON of every checkpoint to --json (without it, each
+    checkpoint's file was written as it was done) and the table to --md."""
     table = markdown_table(results)
     print(table)
     out = {"settings": settings, "checkpoints": results}
@@ -796,20 +956,100 @@ def main(argv=None):
     print(f"wrote {', '.join(written)}", file=sys.stderr)
     return out
 
+# ================================================================================================
+# the script: the shared inputs, then each checkpoint through every probe, then the report
 
-def default_json(path):
-    """Where a checkpoint's numbers go without --json: beside it, never into the working directory."""
-    if os.path.isdir(path):
-        return os.path.join(path, "eval.json")
-    return os.path.splitext(path)[0] + ".eval.json"
+def main(argv=None):
+    args, probe_files = options(argv)
+    device = pick_device(args.device)
+    autocast = autocast_for(device, args.dtype)
+    settings = dict(vars(args), device=device, torch=torch.__version__)
+    inputs = shared_inputs(args, probe_files, settings)
+    toks, results = {}, {}
+    for path in args.checkpoints:
+        results[path] = evaluate_checkpoint(path, args, inputs, settings, device, autocast, toks)
+        checkpoint_done(path, results, args, settings)
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()  # the checkpoint's model is gone: give its memory back
+    return report(args, settings, results)
 
 
-def write_file(path, text):
-    if os.path.dirname(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)  # atomic: a reader never sees half a file
+def autocast_for(device, dtype):
+    """bfloat16: autocast on the device; float32: nothing."""
+    if dtype != "bfloat16":
+        return nullcontext()
+    return torch.autocast("cuda" if device.startswith("cuda") else device, dtype=torch.bfloat16)
+
+
+def evaluate_checkpoint(path, args, inputs, settings, device, autocast, toks):
+    """One checkpoint through every probe --skip leaves in: its results, under 'info' what the model
+    is (and how long it took)."""
+    t0 = time.time()
+    model, main_tok, side_toks, ckpt = open_trained(path, device, toks)
+    model.attention = "sdpa"  # dense masks handle any length; evaluation windows are short
+    scorer = Scorer(model, main_tok, side_toks, device, args.batch_tokens, autocast, name=path)
+    info = model_info(path, model, ckpt)
+    res = {"info": info}
+    print(f"[{path}] step {info['step']}, {info['params'] / 1e6:.2f}M parameters, "
+          f"tokenizer {info['tokenizer']}, streams {info['streams'] or 'none'}", file=sys.stderr)
+    if "task_groups" not in args.skip and info["tokenizer"] not in inputs.groups:
+        inputs.groups[info["tokenizer"]] = group_items(inputs.words, main_tok, args,
+                                                       settings["tasks"])
+    for name, run in stages(scorer, args, inputs):
+        if name.rstrip("2") in args.skip:  # a group left out in both domains
+            continue
+        t1 = time.time()
+        try:
+            value = run()
+        except ValueError as e:
+            raise SystemExit(f"error: {path}, {name}: {e}")
+        if value is not None:
+            res[name] = value
+            print(f"[{path}] {name} done in {duration(time.time() - t1)}", file=sys.stderr)
+    info["lost_tokens"] = scorer.lost.tolist()
+    info["seconds"] = time.time() - t0
+    return res
+
+
+def model_info(path, model, ckpt):
+    c = model.config
+    return dict(path=path, step=ckpt.get("step"), best_val_loss=ckpt.get("best_val_loss"),
+                tokenizer=c.tokenizer, block_size=c.block_size,
+                streams=[s.tokenizer for s in c.streams],
+                params=sum(p.numel() for p in model.parameters()))
+
+
+def stages(scorer, args, inputs):
+    """(name, run) of every probe in the order they run; run() returns None where there is nothing
+    to score (no second domain, no probe files)."""
+    x, windows, seed = inputs, args.text_windows, args.seed
+    groups = x.groups.get(scorer.model.config.tokenizer)
+    return [
+        ("text", lambda: text_bpb(scorer, x.data, windows)),
+        ("noise", lambda: noise_robustness(scorer, x.pairs, args.noise, seed)),
+        ("segmentation", lambda: segmentation_robustness(scorer, x.pairs, args.seg_rates, seed)),
+        ("text2", lambda: text_bpb(scorer, x.data2, windows) if x.data2 else None),
+        ("noise2",
+         lambda: noise_robustness(scorer, x.pairs2, args.noise, seed) if x.pairs2 else None),
+        ("segmentation2", lambda: segmentation_robustness(scorer, x.pairs2, args.seg_rates, seed)
+         if x.pairs2 else None),
+        ("tasks", lambda: char_tasks(scorer, x.task_items)),
+        ("task_groups", lambda: {g: char_tasks(scorer, its, g) for g, its in groups.items()}),
+        ("branch", lambda: branch_usage(scorer, x.data, x.data2, x.task_items, windows)),
+        ("probes", lambda: probes(scorer, x.probe_files) if x.probe_files else None)]
+
+
+def checkpoint_done(path, results, args, settings):
+    """The time it took (and an estimate for the rest); without --json, its numbers beside it."""
+    res = results[path]
+    seconds, left = res["info"]["seconds"], len(args.checkpoints) - len(results)
+    more = ""
+    if left:
+        more = f"; {left} more checkpoint(s), about {duration(left * seconds)} if as large"
+    print(f"[{path}] done in {duration(seconds)}" + more, file=sys.stderr)
+    if not args.json:
+        one = {"settings": settings, "checkpoints": {path: res}}
+        write_file(default_json(path), json.dumps(one, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,21 @@
 """
-A seeded study: train arm configs x seeds at once on one machine, evaluate every run with evaluate.py, and
-summarise: mean ± sd over seeds per arm and metric, the paired difference (same seed) to the baseline arm
-with a 95% t-interval, and plots.
+A seeded study: train arm configs x seeds at once on one machine, evaluate every run with
+evaluate.py, and summarise: mean ± sd over seeds per arm and metric, the paired difference (same
+seed) to the baseline arm with a 95% t-interval, and plots.
 
     python study.py config/study/*.py --seeds=3 --out=results/study --text2=wikipedia/val.jsonl.xz
-    python study.py config/study/*.py --max_iters=100 --parallel=4 --dry_run     # the plan; nothing runs
+    # the plan; nothing runs:
+    python study.py config/study/*.py --max_iters=100 --parallel=4 --dry_run
 
 An arm is a train.py config file, named by its file name. Run ARM_sS is `train.py ARM --seed=S
 --out_dir=OUT/runs/ARM_sS` (output: train.log there). evaluate.py then scores every run on the arms'
 data_dir, and with --text2 on a second domain too (RUN/eval.json).
 The same command again skips finished runs and evaluations and resumes interrupted runs.
-An arm that sets `_match_time_of = "OTHER"` is matched in wall-clock to arm OTHER: its max_iters is scaled
-by OTHER's step time over its own, both measured alone by bench.py before training and kept in
-OUT/time_match.json (delete it to measure again).
-Writes OUT/summary.json, OUT/summary.md and, with matplotlib, OUT/curves.png, noise.png and tasks.png.
+An arm that sets `_match_time_of = "OTHER"` is matched in wall-clock to arm OTHER: its max_iters is
+scaled by OTHER's step time over its own, both measured alone by bench.py before training and kept
+in OUT/time_match.json (delete it to measure again).
+Writes OUT/summary.json, OUT/summary.md and, with matplotlib, OUT/curves.png, noise.png and
+tasks.png.
 """
 import argparse
 import json
@@ -36,35 +38,48 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 PROGRESS_S = 30  # seconds between progress lines
 GPU_JOBS = 24  # most jobs at once on a GPU by default, fewer where memory is short:
 GB_PER_JOB = 9  # measured peak of a study run on an H200: 4.4 GB without bytes, 8.9 GB with them
-# two-sided 95% quantiles of Student's t for df = 1..30 (beyond: the df-30 value, slightly conservative)
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042]
-# left out of the table (summary.json has them): numbers that repeat others (intact = clean, zeroed = intact
-# + delta, bpb after noise = clean + delta)
-HIDDEN = re.compile(r"acc_norm$|(kinds|rates)\..+\.bpb$|canonical_bpb$|^branch\.(text|task)|\.zeroed\.")
+# two-sided 95% quantiles of Student's t for df = 1..30 (beyond: the df-30 value, slightly
+# conservative)
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+# left out of the table (summary.json has them): numbers that repeat others (intact = clean,
+# zeroed = intact + delta, bpb after noise = clean + delta)
+HIDDEN = re.compile(r"acc_norm$|(kinds|rates)\..+\.bpb$|canonical_bpb$|^branch\.(text|task)"
+                    r"|\.zeroed\.")
 NOISE = re.compile(r"^(noise|segmentation)(2?)\.(kinds|rates)\.(.+)\.delta$")
 TASKS = re.compile(r"^(tasks|task_groups\.[^.]+)\.([^.]+)\.acc$")
 
+# ------------------------------------------------------------------------------------------------
+# the plan: arms, time matching, runs
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arms", nargs="+", help="train.py config files, one per arm")
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..N for every arm")
     p.add_argument("--out", default="results/study")
-    p.add_argument("--baseline", default="baseline", help="the arm the others are compared with")
-    p.add_argument("--max_iters", type=int, help="every arm's max_iters (time-matched arms: scaled)")
-    p.add_argument("--parallel", type=int, help=f"jobs at once (default: on CUDA as many as fit, {GB_PER_JOB} GB each, up to {GPU_JOBS}; 1 on CPU)")
-    p.add_argument("--train_args", default="", help="more train.py (and bench.py) options: '--key=value ...'")
-    p.add_argument("--eval_args", default="", help="more evaluate.py options, e.g. '--dtype bfloat16'")
+    p.add_argument("--baseline", default="baseline",
+                   help="the arm the others are compared with")
+    p.add_argument("--max_iters", type=int,
+                   help="every arm's max_iters (time-matched arms: scaled)")
+    p.add_argument("--parallel", type=int,
+                   help=f"jobs at once (default: on CUDA as many as fit, {GB_PER_JOB} GB each, "
+                        f"up to {GPU_JOBS}; 1 on CPU)")
+    p.add_argument("--train_args", default="",
+                   help="more train.py (and bench.py) options: '--key=value ...'")
+    p.add_argument("--eval_args", default="",
+                   help="more evaluate.py options, e.g. '--dtype bfloat16'")
     p.add_argument("--text2", help="a second text domain (evaluate.py --text2)")
-    p.add_argument("--dry_run", action="store_true", help="print the plan and the commands, run nothing")
+    p.add_argument("--dry_run", action="store_true",
+                   help="print the plan and the commands, run nothing")
     return p.parse_args(argv)
 
 
 def load_arms(args):
     """name -> dict(path, cfg: resolved as train.py resolves it, match: _match_time_of, error)."""
-    overrides = shlex.split(args.train_args) + ([f"--max_iters={args.max_iters}"] if args.max_iters else [])
+    overrides = shlex.split(args.train_args)
+    overrides += [f"--max_iters={args.max_iters}"] if args.max_iters else []
     arms = {}
     for path in args.arms:
         name = os.path.splitext(os.path.basename(path))[0]
@@ -79,8 +94,9 @@ def load_arms(args):
         except SystemExit as e:  # this arm fails; the study goes on
             arm["error"] = str(e).splitlines()[0].removesuffix(" Valid keys:")
     if args.baseline not in arms or arms[args.baseline]["error"]:
-        raise SystemExit(f"error: no valid baseline arm {args.baseline!r} (--baseline) among {sorted(arms)}"
-                         + (f": {arms[args.baseline]['error']}" if args.baseline in arms else ""))
+        why = f": {arms[args.baseline]['error']}" if args.baseline in arms else ""
+        raise SystemExit(f"error: no valid baseline arm {args.baseline!r} (--baseline) among "
+                         f"{sorted(arms)}" + why)
     data_dirs = {a["cfg"]["data_dir"] for a in arms.values() if not a["error"]}
     if len(data_dirs) > 1:
         raise SystemExit(f"error: the arms train on different data_dir: {sorted(data_dirs)}")
@@ -88,7 +104,8 @@ def load_arms(args):
 
 
 def time_ratios(args, arms):
-    """arm -> {matched_to, ratio: step time of the matched arm / its own, ms}, measured once by bench.py."""
+    """arm -> {matched_to, ratio: step time of the matched arm / its own, ms}, measured once by
+    bench.py."""
     path = os.path.join(args.out, "time_match.json")
     saved = json.load(open(path)) if os.path.exists(path) else {}
     for name, arm in arms.items():
@@ -96,7 +113,8 @@ def time_ratios(args, arms):
         if not other or arm["error"] or name in saved:
             continue
         if other not in arms or arms[other]["error"]:
-            arm["error"] = f"matched in wall-clock to arm {other!r}, which is not a valid arm of this study"
+            arm["error"] = (f"matched in wall-clock to arm {other!r}, which is not a valid arm of "
+                            f"this study")
             continue
         bench_json = os.path.join(args.out, f"bench_{name}.json")
         cmd = [sys.executable, os.path.join(ROOT, "bench.py"), arms[other]["path"], arm["path"],
@@ -115,7 +133,8 @@ def time_ratios(args, arms):
 
 
 def plan_runs(args, arms, ratios):
-    """One dict per arm and seed: name, dir, steps, state (new, resume, done) and its train.py command."""
+    """One dict per arm and seed: name, dir, steps, state (new, resume, done) and its train.py
+    command."""
     runs = []
     for name, arm in arms.items():
         for seed in range(1, args.seeds + 1):
@@ -124,20 +143,40 @@ def plan_runs(args, arms, ratios):
             runs.append(run)
             if arm["error"] or (arm["match"] and name not in ratios):
                 continue  # (a dry run has not measured the ratio)
-            run["steps"] = round(arm["cfg"]["max_iters"] * (ratios[name]["ratio"] if arm["match"] else 1))
+            scale = ratios[name]["ratio"] if arm["match"] else 1
+            run["steps"] = round(arm["cfg"]["max_iters"] * scale)
             ckpt = os.path.join(run["dir"], "ckpt.pt")
-            step = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["step"] \
-                if os.path.exists(ckpt) else None
+            step = None
+            if os.path.exists(ckpt):
+                step = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["step"]
             run["state"] = "new" if step is None else "done" if step >= run["steps"] else "resume"
-            run["cmd"] = [sys.executable, os.path.join(ROOT, "train.py"), arm["path"], f"--seed={seed}",
-                          f"--out_dir={run['dir']}", f"--max_iters={run['steps']}",
-                          *shlex.split(args.train_args), *["--init_from=resume"] * (run["state"] == "resume")]
+            run["cmd"] = [sys.executable, os.path.join(ROOT, "train.py"), arm["path"],
+                          f"--seed={seed}", f"--out_dir={run['dir']}",
+                          f"--max_iters={run['steps']}", *shlex.split(args.train_args),
+                          *["--init_from=resume"] * (run["state"] == "resume")]
     return runs
 
 
+def eval_options(args, arms):
+    """evaluate.py's options for every run: the arms' data_dir, --text2, --eval_args."""
+    data_dir = next(a["cfg"]["data_dir"] for a in arms.values() if not a["error"])
+    options = ["--text", data_dir, *(["--text2", args.text2] if args.text2 else [])]
+    return options + shlex.split(args.eval_args)
+
+
+def print_plan(runs):
+    """Each run's state, and the command of those that will train."""
+    for r in runs:
+        state = f"FAILS: {r['error']}" if r["error"] else r.get("state", "steps from bench.py")
+        command = f" | {shlex.join(r['cmd'])}" if state in ("new", "resume") else ""
+        print(f"{r['name']}: {state}" + command)
+
+# ------------------------------------------------------------------------------------------------
+# running jobs: training, then evaluation
+
 def default_parallel(n_runs):
-    """One job at a time on a CPU; on a GPU as many as its free memory holds (GB_PER_JOB each), at most
-    GPU_JOBS: 21 runs at once filled an H200 and some died out of memory."""
+    """One job at a time on a CPU; on a GPU as many as its free memory holds (GB_PER_JOB each), at
+    most GPU_JOBS: 21 runs at once filled an H200 and some died out of memory."""
     if not torch.cuda.is_available():
         return 1
     fits = int(torch.cuda.mem_get_info()[0] / 2**30 // GB_PER_JOB)
@@ -145,10 +184,11 @@ def default_parallel(n_runs):
 
 
 def run_jobs(jobs, parallel, what):
-    """Runs jobs (dicts: name, cmd, log, mode, units() -> (done, total)) `parallel` at once, printing
-    progress and an ETA; returns the names of those that failed. Ctrl-C or SIGTERM: the running jobs are
-    told to stop (train.py saves a checkpoint) and waited for."""
-    threads = str(max(1, (os.cpu_count() or 1) // parallel))  # the jobs share the cores, compile workers too
+    """Runs jobs (dicts: name, cmd, log, mode, units() -> (done, total)) `parallel` at once,
+    printing progress and an ETA; returns the names of those that failed. Ctrl-C or SIGTERM: the
+    running jobs are told to stop (train.py saves a checkpoint) and waited for."""
+    # the jobs share the cores, compile workers too
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
     env = {"OMP_NUM_THREADS": threads, "TORCHINDUCTOR_COMPILE_THREADS": threads, **os.environ,
            "PYTHONUNBUFFERED": "1"}
     waiting, running, failed, t0, shown = list(jobs), {}, [], time.time(), 0.0
@@ -167,16 +207,20 @@ def run_jobs(jobs, parallel, what):
                     log.close()
                     del running[name]
                     failed += [name] if p.returncode else []
-                    print(f"{what} {name}: " + (f"FAILED (exit {p.returncode})" if p.returncode else "done"))
+                    result = f"FAILED (exit {p.returncode})" if p.returncode else "done"
+                    print(f"{what} {name}: " + result)
             if time.time() - shown >= PROGRESS_S or not (waiting or running):
                 shown, elapsed, done = time.time(), time.time() - t0, units()[0]
                 frac = (done - start) / max(total - start, 1)
                 eta = f"eta {elapsed * (1 - frac) / frac / 60:.1f} min" if frac > 0 else "eta -"
-                print(f"[{what}] {len(running)} running, {len(waiting)} waiting, {len(failed)} failed | "
-                      f"{done}/{total} | {elapsed / 60:.1f} min | {eta}", flush=True)
+                print(f"[{what}] {len(running)} running, {len(waiting)} waiting, "
+                      f"{len(failed)} failed | {done}/{total} | {elapsed / 60:.1f} min | {eta}",
+                      flush=True)
     except KeyboardInterrupt:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # `timeout` and schedulers signal the group: twice here
-        print(f"\ninterrupted: stopping {len(running)} job(s); the same command resumes", flush=True)
+        # `timeout` and schedulers signal the group: twice here
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print(f"\ninterrupted: stopping {len(running)} job(s); the same command resumes",
+              flush=True)
         for p, _ in running.values():
             p.send_signal(signal.SIGTERM)
             p.wait()
@@ -192,18 +236,74 @@ def last_step(run_dir):
         return 0
 
 
+def last_line(path, limit=200):
+    """The last non-blank line of a log, cut after `limit` characters (an OOM line is long)."""
+    lines = [line for line in open(path).read().splitlines() if line.strip()]
+    if not lines:
+        return "(no output)"
+    return lines[-1][:limit] + " ..." * (len(lines[-1]) > limit)
+
+
+def train_runs(runs, parallel):
+    """Trains the new and interrupted runs; a run that fails gets an error (its log's last line)."""
+    todo = [r for r in runs if r.get("state") in ("new", "resume")]
+    for r in todo:
+        os.makedirs(r["dir"], exist_ok=True)
+        if r["state"] == "new" and os.path.exists(f"{r['dir']}/log.jsonl"):
+            os.remove(f"{r['dir']}/log.jsonl")  # an earlier attempt's, from before any checkpoint
+    jobs = [dict(name=r["name"], cmd=r["cmd"], log=f"{r['dir']}/train.log",
+                 mode="a" if r["state"] == "resume" else "w",
+                 units=lambda r=r: (last_step(r["dir"]), r["steps"])) for r in todo]
+    failed = run_jobs(jobs, parallel, "train")
+    for r in (r for r in runs if r["name"] in failed):
+        last = last_line(f"{r['dir']}/train.log")
+        r["error"] = f"train.py failed: {last} (see {r['dir']}/train.log)"
+
+
+def eval_jobs(runs, options, parallel, out):
+    """evaluate.py on the runs that lack an up-to-date RUN/eval.json, in up to `parallel` groups (it
+    writes each run's file as that run is done)."""
+    todo = []
+    for r in runs:
+        path, ckpt = f"{r['dir']}/eval.json", f"{r['dir']}/ckpt.pt"
+        if os.path.exists(path) and os.path.getmtime(path) < os.path.getmtime(ckpt):
+            os.remove(path)  # stale: the checkpoint changed since
+        todo += [] if os.path.exists(path) else [r]
+    os.makedirs(os.path.join(out, "eval"), exist_ok=True)
+    groups = [todo[k::parallel] for k in range(min(parallel, len(todo)))]
+    evaluate = [sys.executable, os.path.join(ROOT, "evaluate.py")]
+    evaluated = lambda g: sum(os.path.exists(f"{r['dir']}/eval.json") for r in g)
+    return [dict(name=", ".join(r["name"] for r in g), runs=g,
+                 log=os.path.join(out, "eval", f"group{k}.log"), mode="w",
+                 cmd=[*evaluate, *(r["dir"] for r in g), *options],
+                 units=lambda g=g: (evaluated(g), len(g)))
+            for k, g in enumerate(groups)]
+
+
+def evaluate_runs(runs, options, parallel, out):
+    """evaluate.py on the trained runs; (arm, problem) of each run left without an eval.json."""
+    jobs = eval_jobs(runs, options, parallel, out)
+    failed = run_jobs(jobs, parallel, "evaluate")
+    return [(r["arm"], f"{r['name']}: evaluate.py failed (see {j['log']})")
+            for j in jobs if j["name"] in failed
+            for r in j["runs"] if not os.path.exists(f"{r['dir']}/eval.json")]
+
+# ------------------------------------------------------------------------------------------------
+# the numbers of each run: training log and evaluate.py's eval.json
+
 def log_metrics(run_dir, tokens_per_step):
-    """train.py's log.jsonl -> (metrics, curve {step: (tokens, training seconds, val bpb)}). Training time:
-    each line's dt (seconds per step since the line before) times its steps: compilation in, evaluation
-    out."""
+    """train.py's log.jsonl -> (metrics, curve {step: (tokens, training seconds, val bpb)}).
+    Training time: each line's dt (seconds per step since the line before) times its steps:
+    compilation in, evaluation out."""
     rows = []
     for line in open(os.path.join(run_dir, "log.jsonl")):
         try:
             r = json.loads(line)
         except ValueError:
             continue
-        # a resumed run logs again from its checkpoint's step: a row below the last one drops the rows after
-        # it (steps the checkpoint did not keep), and replaces the row of its kind (train or val) there
+        # a resumed run logs again from its checkpoint's step: a row below the last one drops the
+        # rows after it (steps the checkpoint did not keep), and replaces the row of its kind
+        # (train or val) there
         while rows and (rows[-1]["step"] > r["step"] or rows[-1]["step"] == r["step"]
                         and ("dt" in rows[-1]) == ("dt" in r)):
             rows.pop()
@@ -215,13 +315,15 @@ def log_metrics(run_dir, tokens_per_step):
         clock.append((r["step"], seconds))
     at = lambda step: max(s for st, s in clock if st <= step)
     curve = {v["step"]: (v["step"] * tokens_per_step, at(v["step"]), v["val_bpb"]) for v in vals}
+    tok_s = statistics.median(r["tok_s"] for r in trains) if trains else None
     return {"train.val_bpb": vals[-1]["val_bpb"], "train.val_loss": vals[-1]["val_loss"],
             "train.steps": vals[-1]["step"], "train.minutes": seconds / 60,
-            "train.tok_s": statistics.median(r["tok_s"] for r in trains) if trains else None}, curve
+            "train.tok_s": tok_s}, curve
 
 
 def flatten(tree, prefix=""):
-    """Numeric leaves of nested dicts, named by their dotted path (lists, strings, booleans left out)."""
+    """Numeric leaves of nested dicts, named by their dotted path (lists, strings, booleans left
+    out)."""
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict):
@@ -232,16 +334,30 @@ def flatten(tree, prefix=""):
 
 
 def run_metrics(run, tokens_per_step):
-    ckpt = torch.load(os.path.join(run["dir"], "ckpt.pt"), map_location="cpu", mmap=True, weights_only=True)
+    ckpt = torch.load(os.path.join(run["dir"], "ckpt.pt"), map_location="cpu", mmap=True,
+                      weights_only=True)
     with torch.device("meta"):
         params = sum(p.numel() for p in GPT(GPTConfig(**ckpt["model_config"])).parameters())
     metrics, curve = log_metrics(run["dir"], tokens_per_step)
     metrics["params"] = params
-    if os.path.exists(f"{run['dir']}/eval.json"):  # every number evaluate.py wrote, whatever its keys
+    # every number evaluate.py wrote, whatever its keys
+    if os.path.exists(f"{run['dir']}/eval.json"):
         res = next(iter(json.load(open(f"{run['dir']}/eval.json"))["checkpoints"].values()))
         metrics.update(flatten({k: v for k, v in res.items() if k != "info"}))
     return metrics, curve
 
+
+def collect(runs, arms):
+    """The metrics and val curves of the runs: {arm: {seed: metrics}}, {arm: {seed: curve}}."""
+    per_run, curves = {}, {}
+    for r in runs:
+        metrics, curve = run_metrics(r, arms[r["arm"]]["cfg"]["total_batch_size"])
+        per_run.setdefault(r["arm"], {})[r["seed"]] = metrics
+        curves.setdefault(r["arm"], {})[r["seed"]] = curve
+    return per_run, curves
+
+# ------------------------------------------------------------------------------------------------
+# statistics over seeds
 
 def mean_sd(values):
     xs = [x for x in values if x is not None]
@@ -255,12 +371,15 @@ def paired(a, b):
         return None
     mean, sd = mean_sd(d)
     half = T975[min(len(d) - 2, 29)] * sd / math.sqrt(len(d)) if len(d) > 1 else None
-    return dict(mean=mean, sd=sd, n=len(d), ci95=None if half is None else [mean - half, mean + half])
+    ci95 = None if half is None else [mean - half, mean + half]
+    return dict(mean=mean, sd=sd, n=len(d), ci95=ci95)
 
 
 def summarise(per_run, baseline):
-    """{arm: {seed: metrics}} -> {arm: {"seeds": [...], metric: {mean, sd, values, vs_baseline}}}."""
-    names = list(dict.fromkeys(m for seeds in per_run.values() for ms in seeds.values() for m in ms))
+    """{arm: {seed: metrics}} -> {arm: {"seeds": [...], metric: {mean, sd, values,
+    vs_baseline}}}."""
+    names = list(dict.fromkeys(m for seeds in per_run.values()
+                               for ms in seeds.values() for m in ms))
     arms = {}
     for arm, by_seed in per_run.items():
         seeds = sorted(by_seed)
@@ -270,10 +389,29 @@ def summarise(per_run, baseline):
             if any(v is not None for v in values):
                 mean, sd = mean_sd(values)
                 arms[arm][name] = dict(mean=mean, sd=sd, values=values)
-                diff = paired(values, [per_run.get(baseline, {}).get(s, {}).get(name) for s in seeds])
+                base = [per_run.get(baseline, {}).get(s, {}).get(name) for s in seeds]
+                diff = paired(values, base)
                 if arm != baseline and diff:
                     arms[arm][name]["vs_baseline"] = diff
     return arms
+
+# ------------------------------------------------------------------------------------------------
+# the report: summary.json, summary.md, plots
+
+def study_settings(args, argv, arms, ratios, runs, problems, t0):
+    """What summary.json records about the study: command, code, machine, arms and evaluation."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip()
+    evals = [p for p in (f"{r['dir']}/eval.json" for r in runs) if os.path.exists(p)]
+    return dict(command=shlex.join(["python", "study.py", *argv]), commit=git("rev-parse", "HEAD"),
+                dirty=bool(git("status", "--porcelain")), torch=torch.__version__,
+                device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                python=sys.version.split()[0], baseline=args.baseline,
+                failed=[p for _, p in problems], minutes=(time.time() - t0) / 60,
+                time_match=ratios,
+                evaluate=json.load(open(evals[0]))["settings"] if evals else None,
+                arms={n: dict(path=a["path"], error=a["error"], config=a["cfg"])
+                      for n, a in arms.items()})
 
 
 def fmt(x, sign=False):
@@ -283,25 +421,41 @@ def fmt(x, sign=False):
 
 def markdown(summary, baseline):
     arms, s = summary["arms"], summary["settings"]
-    varies = lambda n: len({v for e in arms.values() for v in e.get(n, {}).get("values", [])} - {None}) > 1
+    varies = lambda n: len({v for e in arms.values()
+                            for v in e.get(n, {}).get("values", [])} - {None}) > 1
+    # constants (counts, settings) and repeats left out
     names = [n for n in dict.fromkeys(n for e in arms.values() for n in e if n != "seeds")
-             if varies(n) and not HIDDEN.search(n)]  # constants (counts, settings) and repeats left out
-    cell = lambda m: "-" if m is None else fmt(m["mean"]) + ("" if m["sd"] is None else f" ± {fmt(m['sd'])}")
+             if varies(n) and not HIDDEN.search(n)]
+    sd = lambda m: "" if m["sd"] is None else f" ± {fmt(m['sd'])}"
+    cell = lambda m: "-" if m is None else fmt(m["mean"]) + sd(m)
     ci = lambda lo, hi: f" [{fmt(lo, 1)}, {fmt(hi, 1)}]" + "*" * (lo > 0 or hi < 0)
-    diff = lambda d: "-" if d is None else fmt(d["mean"], True) + (ci(*d["ci95"]) if d["ci95"] else "")
+    interval = lambda d: ci(*d["ci95"]) if d["ci95"] else ""
+    diff = lambda d: "-" if d is None else fmt(d["mean"], True) + interval(d)
     others = [a for a in arms if a != baseline]
     seeds = ", ".join(f"{a} {len(e['seeds'])}" for a, e in arms.items())
-    lines = [f"`{s['command']}`", "", f"commit {s['commit'][:12] or '?'}{' + local changes' * s['dirty']}, "
+    lines = [f"`{s['command']}`", "",
+             f"commit {s['commit'][:12] or '?'}{' + local changes' * s['dirty']}, "
              f"{s['device']}, torch {s['torch']}; seeds: {seeds}", "",
-             "Mean ± sd over seeds (metrics that differ between runs; summary.json has them all):", "",
+             "Mean ± sd over seeds (metrics that differ between runs; summary.json has them "
+             "all):", "",
              "| metric | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
     lines += [f"| {n} | " + " | ".join(cell(e.get(n)) for e in arms.values()) + " |" for n in names]
-    lines += ["", f"Paired difference to {baseline} (same seed): mean [95% t-interval]; *: it excludes 0", "",
+    lines += ["", f"Paired difference to {baseline} (same seed): mean [95% t-interval]; "
+                  f"*: it excludes 0", "",
               "| metric | " + " | ".join(f"{a} − {baseline}" for a in others) + " |",
               "|---" * (len(others) + 1) + "|"]
-    lines += [f"| {n} | " + " | ".join(diff(arms[a].get(n, {}).get("vs_baseline")) for a in others) + " |"
-              for n in names]
+    lines += [f"| {n} | " + " | ".join(diff(arms[a].get(n, {}).get("vs_baseline")) for a in others)
+              + " |" for n in names]
     return "\n".join(lines + [""] + [f"FAILED: {p}" for p in s["failed"]]) + "\n"
+
+
+def write_summary(out, summary, baseline):
+    """summary.json and summary.md (the table, printed too)."""
+    write_json(os.path.join(out, "summary.json"), summary)
+    table = markdown(summary, baseline)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(table)
+    print(table)
 
 
 def plots(out, arms, curves):
@@ -311,10 +465,19 @@ def plots(out, arms, curves):
         import matplotlib.pyplot as plt
     except ImportError:
         return print("note: matplotlib is not installed: no plots (pip install matplotlib)")
+    curve_plot(plt, out, curves)
+    bar_plots(plt, out, arms)
+    print(f"wrote the plots to {out}")
+
+
+def curve_plot(plt, out, curves):
+    """curves.png: val bpb against tokens and against training time, per arm."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for arm, by_seed in curves.items():  # mean over seeds at the steps all seeds evaluated, step 0 left out
+    # mean over seeds at the steps all seeds evaluated, step 0 left out
+    for arm, by_seed in curves.items():
         steps = sorted(set.intersection(*(set(c) for c in by_seed.values())) - {0})
-        mean = lambda i, scale: [statistics.fmean(c[s][i] for c in by_seed.values()) / scale for s in steps]
+        mean = lambda i, scale: [statistics.fmean(c[s][i] for c in by_seed.values()) / scale
+                                 for s in steps]
         for ax, (i, scale) in zip(axes, ((0, 1e6), (1, 60))):
             ax.plot(mean(i, scale), mean(2, 1), marker=".", label=arm)
     for ax, x in zip(axes, ("tokens (M)", "training time (min; compilation in, evaluation out)")):
@@ -323,11 +486,17 @@ def plots(out, arms, curves):
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "curves.png"), dpi=120)
-    noise_panel = lambda m: ("second domain (--text2)" if m[2] else "in domain", ("seg " if m[3] == "rates"
-                                                                                  else "") + m[4])
-    task_panel = lambda m: ("held-out words" if m[1] == "tasks" else m[1].split(".")[1] + " words", m[2])
-    for file, pattern, panel, ylabel in (("noise.png", NOISE, noise_panel, "Δ bits/byte after noise"),
-                                         ("tasks.png", TASKS, task_panel, "accuracy")):
+
+
+def bar_plots(plt, out, arms):
+    """noise.png and tasks.png: a bar per arm and metric, a panel per domain or word group."""
+    noise_panel = lambda m: ("second domain (--text2)" if m[2] else "in domain",
+                             ("seg " if m[3] == "rates" else "") + m[4])
+    task_panel = lambda m: ("held-out words" if m[1] == "tasks" else m[1].split(".")[1] + " words",
+                            m[2])
+    figures = (("noise.png", NOISE, noise_panel, "Δ bits/byte after noise"),
+               ("tasks.png", TASKS, task_panel, "accuracy"))
+    for file, pattern, panel, ylabel in figures:
         panels = {}  # title -> {x label: metric}
         for name in dict.fromkeys(n for e in arms.values() for n in e):
             if pattern.match(name):
@@ -340,33 +509,14 @@ def plots(out, arms, curves):
         for ax, (title, names) in zip(axes[:, 0], panels.items()):
             for i, (arm, e) in enumerate(arms.items()):
                 ms = [e.get(n, {}) for n in names.values()]
-                ax.bar([k + i * width for k in range(len(names))], [m.get("mean") or 0 for m in ms], width,
-                       yerr=[m.get("sd") or 0 for m in ms], capsize=2, label=arm)
+                ax.bar([k + i * width for k in range(len(names))], [m.get("mean") or 0 for m in ms],
+                       width, yerr=[m.get("sd") or 0 for m in ms], capsize=2, label=arm)
             ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], list(names))
             ax.set(title=title, ylabel=ylabel + " (mean ± sd over seeds)")
             ax.grid(axis="y", alpha=0.3)
         axes[0, 0].legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(out, file), dpi=120)
-    print(f"wrote the plots to {out}")
-
-
-def eval_jobs(runs, options, parallel, out):
-    """evaluate.py on the runs that lack an up-to-date RUN/eval.json, in up to `parallel` groups (it writes
-    each run's file as that run is done)."""
-    todo = []
-    for r in runs:
-        path = f"{r['dir']}/eval.json"
-        if os.path.exists(path) and os.path.getmtime(path) < os.path.getmtime(f"{r['dir']}/ckpt.pt"):
-            os.remove(path)  # stale: the checkpoint changed since
-        todo += [] if os.path.exists(path) else [r]
-    os.makedirs(os.path.join(out, "eval"), exist_ok=True)
-    groups = [todo[k::parallel] for k in range(min(parallel, len(todo)))]
-    evaluate = [sys.executable, os.path.join(ROOT, "evaluate.py")]
-    return [dict(name=", ".join(r["name"] for r in g), runs=g, log=os.path.join(out, "eval", f"group{k}.log"),
-                 mode="w", cmd=[*evaluate, *(r["dir"] for r in g), *options],
-                 units=lambda g=g: (sum(os.path.exists(f"{r['dir']}/eval.json") for r in g), len(g)))
-            for k, g in enumerate(groups)]
 
 
 def write_json(path, obj):
@@ -374,6 +524,8 @@ def write_json(path, obj):
         json.dump(obj, f, indent=1, default=str)
     os.replace(path + ".tmp", path)
 
+# ------------------------------------------------------------------------------------------------
+# the study: plan, train, evaluate, summarise
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
@@ -382,56 +534,21 @@ def main(argv=None):
     arms = load_arms(args)
     ratios = time_ratios(args, arms)
     runs = plan_runs(args, arms, ratios)
-    data_dir = next(a["cfg"]["data_dir"] for a in arms.values() if not a["error"])
-    options = ["--text", data_dir, *(["--text2", args.text2] if args.text2 else [])]
-    options += shlex.split(args.eval_args)
-    for r in runs:
-        state = f"FAILS: {r['error']}" if r["error"] else r.get("state", "steps from bench.py")
-        print(f"{r['name']}: {state}" + (f" | {shlex.join(r['cmd'])}" if state in ("new", "resume") else ""))
+    options = eval_options(args, arms)
+    print_plan(runs)
     if args.dry_run:
         return print("then: " + shlex.join(["python", "evaluate.py", "RUN...", *options]))
     parallel = args.parallel or default_parallel(len(runs))
-    todo = [r for r in runs if r.get("state") in ("new", "resume")]
-    for r in todo:
-        os.makedirs(r["dir"], exist_ok=True)
-        if r["state"] == "new" and os.path.exists(f"{r['dir']}/log.jsonl"):
-            os.remove(f"{r['dir']}/log.jsonl")  # an earlier attempt's, from before any checkpoint
-    failed = run_jobs([dict(name=r["name"], cmd=r["cmd"], log=f"{r['dir']}/train.log",
-                            mode="a" if r["state"] == "resume" else "w",
-                            units=lambda r=r: (last_step(r["dir"]), r["steps"])) for r in todo],
-                      parallel, "train")
-    for r in (r for r in runs if r["name"] in failed):
-        lines = [line for line in open(f"{r['dir']}/train.log").read().splitlines() if line.strip()]
-        last = lines[-1][:200] + " ..." * (len(lines[-1]) > 200) if lines else "(no output)"  # an OOM line is long
-        r["error"] = f"train.py failed: {last} (see {r['dir']}/train.log)"
+    train_runs(runs, parallel)
     trained = [r for r in runs if not r["error"]]
-    jobs = eval_jobs(trained, options, parallel, args.out)
-    failed = run_jobs(jobs, parallel, "evaluate")
+    eval_problems = evaluate_runs(trained, options, parallel, args.out)
     problems = [(r["arm"], f"{r['name']}: {r['error']}") for r in runs if r["error"]]
-    problems += [(r["arm"], f"{r['name']}: evaluate.py failed (see {j['log']})") for j in jobs
-                 if j["name"] in failed for r in j["runs"] if not os.path.exists(f"{r['dir']}/eval.json")]
+    problems += eval_problems
 
-    per_run, curves = {}, {}
-    for r in trained:
-        metrics, curve = run_metrics(r, arms[r["arm"]]["cfg"]["total_batch_size"])
-        per_run.setdefault(r["arm"], {})[r["seed"]] = metrics
-        curves.setdefault(r["arm"], {})[r["seed"]] = curve
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    evals = [p for p in (f"{r['dir']}/eval.json" for r in trained) if os.path.exists(p)]
-    settings = dict(command=shlex.join(["python", "study.py", *argv]), commit=git("rev-parse", "HEAD"),
-                    dirty=bool(git("status", "--porcelain")), torch=torch.__version__,
-                    device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                    python=sys.version.split()[0], baseline=args.baseline, failed=[p for _, p in problems],
-                    minutes=(time.time() - t0) / 60, time_match=ratios,
-                    evaluate=json.load(open(evals[0]))["settings"] if evals else None,
-                    arms={n: dict(path=a["path"], error=a["error"], config=a["cfg"])
-                          for n, a in arms.items()})
+    per_run, curves = collect(trained, arms)
+    settings = study_settings(args, argv, arms, ratios, trained, problems, t0)
     summary = {"arms": summarise(per_run, args.baseline), "settings": settings}
-    write_json(os.path.join(args.out, "summary.json"), summary)
-    table = markdown(summary, args.baseline)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(table)
-    print(table)
+    write_summary(args.out, summary, args.baseline)
     plots(args.out, summary["arms"], curves)
     if problems:
         arms_failed = ", ".join(dict.fromkeys(a for a, _ in problems))
