@@ -159,7 +159,7 @@ def test_param_counts_and_flops(toks):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("pack", [False, True])
-@pytest.mark.parametrize("variant", ["local2", "overflow", "two_streams"])
+@pytest.mark.parametrize("variant", ["local0", "local2", "overflow", "two_streams"])
 def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack):
     """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.6) if pack else VARIANTS[variant], T=256).cuda().train()
