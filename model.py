@@ -384,7 +384,8 @@ class GPT(nn.Module):
                                ignore_index=-1, reduction=reduction)
         if reduction != "mean":
             return logits, loss.view(B, T)
-        if self.training:  # auxiliary losses train the side streams; evaluation reports the main loss
+        # auxiliary losses train the side streams; evaluation reports the main loss alone
+        if self.training:
             for s, (side, (h, *_)) in enumerate(zip(sides, read)):
                 if c.streams[s].aux_loss > 0:
                     loss = loss + c.streams[s].aux_loss * self.stream_loss(s, h, side)
