@@ -411,9 +411,10 @@ def start_runtime(cfg):
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16"
                 else nullcontext())
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    # TF32 matmuls under bf16 autocast only: dtype=float32 means float32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype == "bfloat16"
     peak = next((v for k, v in PEAK_FLOPS.items()
-                 if device_type == "cuda" and k in torch.cuda.get_device_name()), None)
+                 if device_type == "cuda" and k in torch.cuda.get_device_name(device)), None)
     return Runtime(ddp, rank, local_rank, world, device, device_type, dtype, use_compile, attention,
                    autocast, peak)
 
@@ -749,6 +750,7 @@ class Meter:
     def __init__(self, step, n_side):
         self.lost, self.dropped, self.seen = np.zeros(n_side), np.zeros(n_side), 0
         self.timed_steps, self.timed_s = 0, 0.0  # the steps the ETA rests on, and their seconds
+        self.warm = False  # the first interval of a run (fresh or resumed) includes compilation
         self.restart(step)
 
     def restart(self, step):
@@ -759,12 +761,13 @@ class Meter:
         self.dropped += batch["dropped"].numpy()
         self.seen += batch["idx"].numel()
 
-    def lap(self, step, log_interval):
+    def lap(self, step):
         """(seconds per step since the clock started, seconds per step to expect from now on)"""
         steps = step - self.step
         dt = (time.time() - self.t) / steps
-        if self.step > 0 or step > log_interval:  # the first interval includes compilation
+        if self.warm:
             self.timed_steps, self.timed_s = self.timed_steps + steps, self.timed_s + dt * steps
+        self.warm = True
         self.restart(step)
         return dt, (self.timed_s / self.timed_steps if self.timed_steps else dt)
 
@@ -823,7 +826,7 @@ def log_progress(run, meter, loss_sum, lr, grad_norm):
     """The line of a log step, printed and in log.jsonl."""
     cfg, step, side_toks = run.cfg, run.step, run.side_toks
     loss = (loss_sum / run.accum).item()  # waits for the device, so the timing below is real
-    dt, dt_ahead = meter.lap(step, cfg["log_interval"])
+    dt, dt_ahead = meter.lap(step)
     tok_s = cfg["total_batch_size"] / dt
     peak = run.rt.peak_flops
     mfu = f" | MFU {100 * run.flops_per_token * tok_s / (peak * run.rt.world):.1f}%" if peak else ""

@@ -134,3 +134,20 @@ def test_config_files_and_overrides(tmp_path):
             train.validate(train.parse_config([path])[0])
     finally:
         os.chdir(cwd)
+
+
+def test_eta_leaves_out_each_runs_first_interval(monkeypatch):
+    """The first log interval of a run, fresh or resumed, includes compilation: the ETA rests on the
+    intervals after it."""
+    clock = iter([0.0, 100.0, 100.0, 101.0, 101.0])  # Meter(), then two laps of 10 steps (each reads it twice)
+    monkeypatch.setattr(train.time, "time", lambda: next(clock))
+    meter = train.Meter(step=500, n_side=0)  # a resumed run
+    assert meter.lap(510) == (10.0, 10.0)  # compiling: nothing else to go on yet
+    assert meter.lap(520) == (0.1, 0.1)  # from now on, only the warm steps count
+
+
+def test_float32_means_float32():
+    """TF32 matmuls only under bf16 autocast: dtype=float32 must compute in float32 on a GPU too."""
+    cfg = dict(train.DEFAULTS, device="cpu")
+    train.start_runtime(dict(cfg, dtype="float32"))
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
