@@ -244,8 +244,10 @@ def start_log(path, resumed_at, changes, evaluates_again):
                     r = json.loads(line)
                 except ValueError:
                     continue  # a line cut short by a crash
+                # at the checkpoint's step: its evaluation stays unless it runs again; an earlier
+                # resume from this same step goes (its steps were cut, this record replaces it)
                 if r.get("step", 0) < resumed_at or r.get("step") == resumed_at and not (
-                        evaluates_again and "val_loss" in r):
+                        evaluates_again and "val_loss" in r or r.get("resumed")):
                     keep.append(line)
     with open(path + ".tmp", "w") as f:
         f.writelines(keep)
@@ -305,7 +307,8 @@ def open_run(cfg, given, master):
         return dict(cfg, init_from="scratch"), None, {}
     ckpt = read_checkpoint(ckpt_path)
     saved = ckpt["config"]
-    diff = [k for k in MODEL_KEYS if k in given and cfg[k] != saved.get(k)]
+    # dropout is in the model config but shapes no weight: a resume may change it (with a warning)
+    diff = [k for k in MODEL_KEYS if k != "dropout" and k in given and cfg[k] != saved.get(k)]
     if diff:
         raise SystemExit(f"error: the checkpoint in {cfg['out_dir']} has a different architecture ("
                          + "; ".join(f"{k}: {saved.get(k)!r} there, {cfg[k]!r} here" for k in diff)

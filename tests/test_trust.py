@@ -460,11 +460,12 @@ def test_resume_warns_about_changed_options_and_data(dataset, toks, tmp_path, ca
     out = tmp_path / "out"
     run_inprocess(args(dataset, toks, out, max_iters=10))
     capsys.readouterr()
-    run_inprocess([f"--out_dir={out}", "--init_from=resume", "--max_iters=12", "--learning_rate=0.001"])
+    run_inprocess([f"--out_dir={out}", "--init_from=resume", "--max_iters=12", "--learning_rate=0.001",
+                   "--dropout=0.1"])  # dropout shapes no weight: it may change too
     printed = capsys.readouterr().out
     assert ("warning: resuming with options that differ from the checkpoint's (which are used otherwise):\n"
-            "  learning_rate: 0.003 -> 0.001\n  max_iters: 10 -> 12\n") in printed
-    changed = {"learning_rate": [0.003, 0.001], "max_iters": [10, 12]}
+            "  dropout: 0.0 -> 0.1\n  learning_rate: 0.003 -> 0.001\n  max_iters: 10 -> 12\n") in printed
+    changed = {"dropout": [0.0, 0.1], "learning_rate": [0.003, 0.001], "max_iters": [10, 12]}
     assert {"step": 10, "resumed": True, "changed": changed} in log_records(out)
     other = tmp_path / "other"  # other text, same tokenizer
     prepare.main(["--train", write_jsonl(tmp_path / "o.jsonl", [PLAIN * 20] * 3), "--val",
@@ -492,7 +493,8 @@ def test_init_from_auto_starts_or_resumes(dataset, toks, tmp_path, capsys):
 
 def test_log_never_repeats_a_step_after_a_crash(dataset, toks, tmp_path, monkeypatch):
     """A run killed after its checkpoint at step 10 had logged steps 11 and 12; the resumed run runs them
-    again. The log keeps each step once (and the evaluation at step 10 once)."""
+    again. The log keeps each step once (the evaluation at step 10 and the resume record too, even
+    after a resume that crashed in the same place)."""
     out = tmp_path / "out"
 
     def crash_at_13(*a, **k):
@@ -502,6 +504,9 @@ def test_log_never_repeats_a_step_after_a_crash(dataset, toks, tmp_path, monkeyp
         m.setattr(train, "print", crash_at_13, raising=False)
         run_inprocess(args(dataset, toks, out, max_iters=20))
     assert [r["step"] for r in log_records(out) if "loss" in r][-1] == 12
+    with monkeypatch.context() as m, pytest.raises(RuntimeError, match="crash"):  # the resume crashes too
+        m.setattr(train, "print", crash_at_13, raising=False)
+        run_inprocess([f"--out_dir={out}", "--init_from=resume"])
     run_inprocess([f"--out_dir={out}", "--init_from=resume"])
     records = log_records(out)
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 21))
