@@ -167,15 +167,15 @@ def main(argv):
         batch_size = parse_config([configs[0]] + options)[0]["batch_size"]
         anchor = run_anchor(extra["anchor"], extra["steps"], batch_size)
         print(f"anchor: {anchor['ms']:.1f} ms/step, {anchor['tok_s'] / 1e3:.0f}K tok/s", flush=True)
+    if extra["profile"]:
+        os.makedirs(extra["profile"], exist_ok=True)
     rows = []
     for path in configs:
         cfg, _ = parse_config([path] + options)
+        name = os.path.basename(path)[:-3]
+        profile_file = extra["profile"] and os.path.join(extra["profile"], name + ".txt")
         try:
-            if extra["profile"]:
-                os.makedirs(extra["profile"], exist_ok=True)
-            profile_name = os.path.basename(path)[:-3] + ".txt"
-            where_profile = extra["profile"] and os.path.join(extra["profile"], profile_name)
-            r = bench(cfg, extra["steps"], where_profile)
+            r = bench(cfg, extra["steps"], profile_file)
             print(f"{path}: {r['ms']:.1f} ms/step, {r['tok_s'] / 1e3:.0f}K tok/s "
                   f"(warm-up {r['warmup_s']:.0f}s)", flush=True)
         except Exception as e:
