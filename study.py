@@ -10,7 +10,9 @@ seed) to the baseline arm with a 95% t-interval, and plots.
 An arm is a train.py config file, named by its file name. Run ARM_sS is `train.py ARM --seed=S
 --out_dir=OUT/runs/ARM_sS` (output: train.log there). evaluate.py then scores every run on the arms'
 data_dir, and with --text2 on a second domain too (RUN/eval.json).
-The same command again skips finished runs and evaluations and resumes interrupted runs.
+The same command again skips finished runs and evaluations and resumes interrupted runs; a run
+kept without its checkpoint (results copied without *.pt) counts as finished once its log.jsonl
+reached its steps and it has an eval.json.
 An arm that sets `_match_time_of = "OTHER"` is matched in wall-clock to arm OTHER: its max_iters is
 scaled by OTHER's step time over its own, both measured alone by bench.py before training and kept
 in OUT/time_match.json (delete it to measure again).
@@ -145,16 +147,26 @@ def plan_runs(args, arms, ratios):
                 continue  # (a dry run has not measured the ratio)
             scale = ratios[name]["ratio"] if arm["match"] else 1
             run["steps"] = round(arm["cfg"]["max_iters"] * scale)
-            ckpt = os.path.join(run["dir"], "ckpt.pt")
-            step = None
-            if os.path.exists(ckpt):
-                step = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["step"]
+            step = trained_step(run)
             run["state"] = "new" if step is None else "done" if step >= run["steps"] else "resume"
             run["cmd"] = [sys.executable, os.path.join(ROOT, "train.py"), arm["path"],
                           f"--seed={seed}", f"--out_dir={run['dir']}",
                           f"--max_iters={run['steps']}", *shlex.split(args.train_args),
                           *["--init_from=resume"] * (run["state"] == "resume")]
     return runs
+
+
+def trained_step(run):
+    """How far the run has trained (None: not at all): its checkpoint's step or, for a finished
+    run kept without its checkpoint (copied without *.pt), its log's last step."""
+    ckpt = os.path.join(run["dir"], "ckpt.pt")
+    if os.path.exists(ckpt):
+        return torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)["step"]
+    # without a checkpoint only a trained and evaluated run is kept; an unfinished log is an
+    # attempt that died before its first checkpoint
+    step = last_step(run["dir"])
+    evaluated = os.path.exists(os.path.join(run["dir"], "eval.json"))
+    return step if step >= run["steps"] and evaluated else None
 
 
 def eval_options(args, arms):
@@ -266,8 +278,10 @@ def eval_jobs(runs, options, parallel, out):
     todo = []
     for r in runs:
         path, ckpt = f"{r['dir']}/eval.json", f"{r['dir']}/ckpt.pt"
-        if os.path.exists(path) and os.path.getmtime(path) < os.path.getmtime(ckpt):
-            os.remove(path)  # stale: the checkpoint changed since
+        # stale: the checkpoint changed since (a run kept without its checkpoint keeps its file)
+        if (os.path.exists(path) and os.path.exists(ckpt)
+                and os.path.getmtime(path) < os.path.getmtime(ckpt)):
+            os.remove(path)
         todo += [] if os.path.exists(path) else [r]
     os.makedirs(os.path.join(out, "eval"), exist_ok=True)
     groups = [todo[k::parallel] for k in range(min(parallel, len(todo)))]
@@ -333,17 +347,20 @@ def flatten(tree, prefix=""):
     return out
 
 
-def run_metrics(run, tokens_per_step):
-    ckpt = torch.load(os.path.join(run["dir"], "ckpt.pt"), map_location="cpu", mmap=True,
-                      weights_only=True)
+def ckpt_params(path):
+    ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     with torch.device("meta"):
-        params = sum(p.numel() for p in GPT(GPTConfig(**ckpt["model_config"])).parameters())
+        return sum(p.numel() for p in GPT(GPTConfig(**ckpt["model_config"])).parameters())
+
+
+def run_metrics(run, tokens_per_step):
     metrics, curve = log_metrics(run["dir"], tokens_per_step)
-    metrics["params"] = params
+    path, ckpt = f"{run['dir']}/eval.json", f"{run['dir']}/ckpt.pt"
+    res = next(iter(json.load(open(path))["checkpoints"].values())) if os.path.exists(path) else {}
+    # a run kept without its checkpoint: the parameters evaluate.py counted
+    metrics["params"] = ckpt_params(ckpt) if os.path.exists(ckpt) else res["info"]["params"]
     # every number evaluate.py wrote, whatever its keys
-    if os.path.exists(f"{run['dir']}/eval.json"):
-        res = next(iter(json.load(open(f"{run['dir']}/eval.json"))["checkpoints"].values()))
-        metrics.update(flatten({k: v for k, v in res.items() if k != "info"}))
+    metrics.update(flatten({k: v for k, v in res.items() if k != "info"}))
     return metrics, curve
 
 

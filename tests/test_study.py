@@ -53,6 +53,35 @@ def test_log_metrics_after_a_resume(tmp_path):
     assert curve == {0: (0, 0.0, 2.0), 4: (40, 3.0, 1.6), 8: (80, seconds, 1.2)}
 
 
+def test_runs_kept_without_checkpoints_are_done(tmp_path, capsys):
+    """Results copied without *.pt: a run whose log reached its steps and that has an eval.json is done (not
+    trained or evaluated again) and summarised from both; one with an unfinished log or no eval.json is new."""
+    args = study.parse_args(["baseline.py", "--seeds=3", f"--out={tmp_path}"])
+    arms = {"baseline": dict(path="baseline.py", cfg=dict(TINY), match=None, error=None)}
+    rows = [dict(step=0, val_loss=5.0, val_bpb=2.0), dict(step=3, loss=4, dt=1.0, tok_s=100),
+            dict(step=6, loss=3, dt=0.5, tok_s=200), dict(step=6, val_loss=4.0, val_bpb=1.6)]
+    res = {"info": {"step": 6, "params": 1234}, "text": {"bpb": 1.5}}
+    # s1: trained and evaluated; s2: died at step 3, before any checkpoint; s3: trained, never evaluated
+    for seed, n_rows, evaluated in ((1, 4, True), (2, 2, True), (3, 4, False)):
+        d = tmp_path / "runs" / f"baseline_s{seed}"
+        d.mkdir(parents=True)
+        (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n_rows]))
+        if evaluated:
+            (d / "eval.json").write_text(json.dumps({"settings": {}, "checkpoints": {str(d): res}}))
+    runs = study.plan_runs(args, arms, {})
+    assert [r["state"] for r in runs] == ["done", "new", "new"]
+    study.print_plan(runs)
+    assert "baseline_s1: done\n" in capsys.readouterr().out
+    jobs = study.eval_jobs(runs, ["--text", "data"], 2, str(tmp_path))  # no checkpoint: no stale eval.json
+    assert [r["name"] for j in jobs for r in j["runs"]] == ["baseline_s3"]
+    assert all((tmp_path / "runs" / f"baseline_s{seed}" / "eval.json").exists() for seed in (1, 2))
+    per_run, curves = study.collect(runs[:1], arms)
+    metrics = per_run["baseline"][1]
+    assert metrics["params"] == 1234 and metrics["text.bpb"] == 1.5  # evaluate.py's count and numbers
+    assert metrics["train.steps"] == 6 and metrics["train.val_bpb"] == 1.6
+    assert curves["baseline"][1] == {0: (0, 0.0, 2.0), 6: (768, 4.5, 1.6)}
+
+
 def write_arms(d, dataset, tokenizer):
     base = d / "base" / "tiny.py"
     base.parent.mkdir()
@@ -152,3 +181,12 @@ def test_study_end_to_end(dataset, toks, tmp_path):
     assert logs == {p: os.path.getmtime(p) for p in out.glob("runs/*/*.json*")}
     again = json.load(open(out / "summary.json"))
     assert again["arms"]["bytes"] == summary["arms"]["bytes"] and again["settings"]["failed"] == []
+
+    # the results copied without the checkpoints (tar --exclude='*.pt'): still nothing is run, the same summary
+    for ckpt in out.glob("runs/*/ckpt.pt"):
+        ckpt.unlink()
+    r = run_study(valid, out, f"--text2={tmp_path / 'text2.txt'}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "$ " not in r.stdout and "train " not in r.stdout and "evaluate " not in r.stdout, r.stdout
+    assert logs == {p: os.path.getmtime(p) for p in out.glob("runs/*/*.json*")}
+    assert json.load(open(out / "summary.json"))["arms"] == again["arms"]  # params: evaluate.py's count
