@@ -25,7 +25,8 @@ import torch
 
 from data import Corpus, DataError, useful_counts
 from model import GPT, batch_inputs
-from train import PEAK_FLOPS, Batches, check_attention, model_setup, parse_config, runtime
+from train import (PEAK_FLOPS, Batches, check_attention, compile_model, model_setup, packs,
+                   parse_config, runtime)
 
 
 def profile(step, path, steps=5):
@@ -55,7 +56,8 @@ def bench(cfg, steps, profile_path=""):
     except DataError as e:
         raise SystemExit(f"error: {e}")
     B, T = cfg["batch_size"], cfg["block_size"]
-    batches = Batches(corpus, T, main_tok, side_toks, model_config.streams, cfg["seed"], pack=True)
+    batches = Batches(corpus, T, main_tok, side_toks, model_config.streams, cfg["seed"],
+                      pack=packs(cfg, attention))
     if batches.n < B:
         raise SystemExit(f"error: {cfg['data_dir']} holds {batches.n} windows of {T} tokens, "
                          f"fewer than batch_size {B}")
@@ -70,7 +72,7 @@ def bench(cfg, steps, profile_path=""):
     betas = (cfg["beta1"], cfg["beta2"])
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], betas,
                                           device_type)
-    step_model = torch.compile(model) if use_compile else model
+    step_model = compile_model(model) if use_compile else model
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 

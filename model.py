@@ -250,50 +250,35 @@ def interval_mask(lo, hi, kv_len, flex):
     return ((k >= lo[..., None]) & (k < hi[..., None]))[:, None]
 
 
-def block_lists(first, stop, full_first, full_stop, n):
-    """Sparse block lists from contiguous ranges: per row, the partial blocks [first, stop) minus
-    the full ones [full_first, full_stop) (a sub-range, possibly empty), as (count, indices)
-    each."""
-    has_full = full_stop > full_first
-    f0, f1 = torch.where(has_full, full_first, stop), torch.where(has_full, full_stop, stop)
-    j = torch.arange(n, device=first.device)
-    left = (f0 - first)[..., None]
-    partial = torch.where(j < left, first[..., None] + j, f1[..., None] + j - left).clamp(0, n - 1)
-    full = (f0[..., None] + j).clamp(0, n - 1)
-    i32 = lambda t: t.to(torch.int32)[:, None]  # (rows, heads=1, blocks, n)
-    return i32(f0 - first + stop - f1), i32(partial), i32(f1 - f0), i32(full)
+def ordered(blocks):
+    """(count, indices) of a (rows, query blocks, key blocks) boolean: per query block, the key
+    blocks marked, in increasing order first (a stable sort)."""
+    m = blocks[:, None].to(torch.int32)  # (rows, heads=1, query blocks, key blocks)
+    order = torch.argsort(m, dim=-1, descending=True, stable=True)
+    return m.sum(-1).to(torch.int32), order.to(torch.int32)
 
 
 def interval_block_mask(lo, hi, kv_len):
-    """FlexAttention BlockMask for 'query q sees keys [lo[r,q], hi[r,q])', lo and hi nondecreasing
-    in q. Plain arithmetic on block bounds (no sort, no search), so it compiles into the training
-    graph: with monotone bounds, the key blocks a query block touches, and those it sees in full,
-    are ranges."""
+    """FlexAttention BlockMask for 'query q sees keys [lo[r,q], hi[r,q])'. Each query block's
+    partial and full key blocks come from comparing every query's interval with every key block's
+    bounds; BlockMask.from_kv_blocks derives the transposed lists that the backward pass reads.
+    (An earlier construction by range arithmetic gave right lists but, compiled on an H200, wrong
+    gradients: results/flex_gradient_bug/. This one gave SDPA's gradients there.)"""
     R, Q = lo.shape
     nq, nk = -(-Q // FLEX_BLOCK), -(-kv_len // FLEX_BLOCK)
     # queries padded to whole blocks by repeating the last query
     pad = lambda t: torch.cat([t, t[:, -1:].expand(R, nq * FLEX_BLOCK - Q)], 1)
     lo_p, hi_p = pad(lo), pad(hi)
-    lo_b, hi_b = lo_p.view(R, nq, FLEX_BLOCK), hi_p.view(R, nq, FLEX_BLOCK)
-    first, stop = lo_b[..., 0] // FLEX_BLOCK, -(-hi_b[..., -1] // FLEX_BLOCK)
-    full_first, full_stop = -(-lo_b[..., -1] // FLEX_BLOCK), hi_b[..., 0] // FLEX_BLOCK
-    stop = torch.maximum(stop.clamp(max=nk), first)
-    kv = block_lists(first, stop, full_first, full_stop, nk)
-    # the transpose, for the backward pass: per key block, the query blocks that see it
-    # (also ranges)
-    kb = torch.arange(nk, device=lo.device)[None, None, :]
-    some = (kb >= first[..., None]) & (kb < stop[..., None])
-    full = (kb >= full_first[..., None]) & (kb < full_stop[..., None])
-    count, at = lambda m: m.sum(1), lambda m: m.to(torch.int8).argmax(1)
-    q_first, q_full_first = at(some), at(full)
-    q = block_lists(q_first, q_first + count(some), q_full_first, q_full_first + count(full), nq)
+    lo_b, hi_b = lo_p.view(R, nq, FLEX_BLOCK, 1), hi_p.view(R, nq, FLEX_BLOCK, 1)
+    # key block bounds [k0, k1); a last block cut short by kv_len is never full
+    k0 = torch.arange(nk, device=lo.device) * FLEX_BLOCK
+    k1 = k0 + FLEX_BLOCK
+    some = ((lo_b < k1) & (hi_b > k0) & (hi_b > lo_b)).any(2)  # (rows, query blocks, key blocks)
+    full = ((lo_b <= k0) & (hi_b >= k1)).all(2)
     mask_mod = lambda b, h, q, kv: (kv >= lo_p[b, q]) & (kv < hi_p[b, q])
-    return BlockMask(seq_lengths=(Q, kv_len),
-                     kv_num_blocks=kv[0], kv_indices=kv[1],
-                     full_kv_num_blocks=kv[2], full_kv_indices=kv[3],
-                     q_num_blocks=q[0], q_indices=q[1],
-                     full_q_num_blocks=q[2], full_q_indices=q[3],
-                     BLOCK_SIZE=(FLEX_BLOCK, FLEX_BLOCK), mask_mod=mask_mod)
+    return BlockMask.from_kv_blocks(*ordered(some & ~full), *ordered(full),
+                                    BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(Q, kv_len))
 
 
 def next_element_targets(side):

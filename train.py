@@ -64,6 +64,8 @@ DEFAULTS = dict(
     dtype="auto",                  # 'bfloat16', 'float32', 'auto' (bf16 on capable GPUs, else fp32)
     compile="auto",                # torch.compile: 'auto' is on for CUDA
     attention="auto",              # 'flex' (fused, GPU) or 'sdpa' (reference); 'auto': flex on CUDA
+    pack="auto",                   # training packs side streams that have a packed_budget; 'auto':
+                                   # with flex only (SDPA's dense masks grow with a row's square)
     seed=1337,
 )
 MODEL_KEYS = ("tokenizer", "block_size", "n_layer", "n_head", "n_embd", "dropout", "streams")
@@ -152,6 +154,7 @@ def validate(cfg):
                   "train.py does not do)"),
         "compile": (lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
         "attention": (lambda v: v in ("auto", "flex", "sdpa"), "'auto', 'flex' or 'sdpa'"),
+        "pack": (lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
         "device": (lambda v: v == "auto" or isinstance(v, str)
                    and v.split(":")[0] in ("cpu", "cuda", "mps"),
                    "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
@@ -360,6 +363,12 @@ def runtime(cfg):
     if attention == "auto":
         attention = "flex" if device_type == "cuda" else "sdpa"
     return device, device_type, dtype, use_compile, attention
+
+
+def packs(cfg, attention):
+    """Whether training packs side streams: the pack key, 'auto' settled as with flex attention only
+    (a dense SDPA mask over a packed row of B * packed_budget elements grows with its square)."""
+    return cfg["pack"] if cfg["pack"] != "auto" else attention == "flex"
 
 
 def check_attention(model_config, attention):
@@ -588,7 +597,8 @@ def set_up(cfg, rt, ckpt):
     # that every token is scored, whatever else is in its batch
     T, B = cfg["block_size"], cfg["batch_size"]
     run.train_batches = Batches(train_data, T, main_tok, side_toks, model_config.streams,
-                                cfg["seed"], pack=True, resegment=cfg["resegment"],
+                                cfg["seed"], pack=packs(cfg, rt.attention),
+                                resegment=cfg["resegment"],
                                 pin=rt.device_type == "cuda")
     run.val_windows = validation_windows(val_data, T, cfg["eval_tokens"], rt.rank, rt.world, B)
     return run
@@ -656,10 +666,18 @@ def restore(ckpt, run):
     return ckpt["step"], ckpt["position"], ckpt["best_val_loss"]
 
 
+def compile_model(model):
+    """torch.compile with static shapes: training and evaluation batches each get their own graph.
+    With automatic dynamic shapes, the step-0 evaluation made the training graph recompile with
+    symbolic sizes; static graphs are the ones whose FlexAttention gradients were checked against
+    SDPA on an H200 (results/flex_gradient_bug/)."""
+    return torch.compile(model, dynamic=False)
+
+
 def compile_and_wrap(model, rt):
     """What the loop runs: the model compiled (torch.compile) and/or wrapped for DDP."""
     if rt.use_compile:
-        model = torch.compile(model)
+        model = compile_model(model)
     if rt.ddp:
         # the only buffers are constant rotary tables: no need to broadcast them at each forward
         model = torch.nn.parallel.DistributedDataParallel(

@@ -98,7 +98,8 @@ def args(dataset, toks, out_dir, **over):
                n_head=2, n_embd=32, batch_size=4, total_batch_size=128, max_iters=30, eval_interval=10,
                eval_tokens=256, log_interval=1, warmup_iters=5, learning_rate=3e-3, min_lr=3e-4, device="cpu",
                streams=[dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=32, window=16, budget=96,
-                             packed_budget=64)])  # training packs the bytes, as on a GPU
+                             packed_budget=64)],
+               pack=True)  # training packs the bytes, as on a GPU (with SDPA here)
     cfg.update(over)
     return [f"--{k}={v!r}" if not isinstance(v, str) else f"--{k}={v}" for k, v in cfg.items()]
 

@@ -1,4 +1,6 @@
 """The model: plain-GPT equivalence, the two attention paths, accounting."""
+import random
+
 import pytest
 import torch
 
@@ -180,6 +182,61 @@ def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), (a - b).abs().max()
 
 
+# the byte stream of the study's training runs (config/study/base/tasks_small.py): 2 x 128, 4 heads
+# of 32, window 256, up to 3072 bytes per window, 2176 per window when packed
+WIDE_BYTES = dict(tokenizer="bytes", n_layer=2, n_head=4, n_embd=128, window=256, budget=3072,
+                  packed_budget=2176, cross_layers=[0])
+
+
+def varied_text(n_docs, seed=0):
+    """TEXT's documents in a seeded random order, n_docs of them: windows that all differ."""
+    rng = random.Random(seed)
+    return b"\xff".join(rng.choice(HARD_DOCS + [PLAIN]).encode() for _ in range(n_docs))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("pack", [False, True])
+def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack):
+    """On GPU, as train.py runs it: the model compiled once (train.compile_model), evaluated first
+    under no_grad on a batch of other shapes (3 unpacked windows, reduction='none'), then trained on
+    8 windows of 512 tokens, packed or not, with the study's byte stream. Forward and every gradient
+    against eager SDPA, in float32. (Block lists built by range arithmetic passed the small test
+    above but gave wrong gradients here: results/flex_gradient_bug/.)"""
+    import train
+    torch._dynamo.reset()  # a fresh process, as train.py's
+    # bpe400: about 3 bytes per token, so that a window fills about half its byte budget
+    m = make(toks, main="bpe400", streams=[WIDE_BYTES], T=512).cuda()
+    randomize_cross(m)
+    text = varied_text(80)
+    train_x = batch_for(toks, m, text, starts=range(0, 8 * 512, 512), pack=pack)
+    eval_x = batch_for(toks, m, text, starts=(100, 1300, 2900))
+    assert (train_x["targets"] >= 0).all() and (eval_x["targets"] >= 0).all(), "need full windows"
+    rows = (1, 8 * 2176) if pack else (8, 3072)
+    assert train_x["sides"][0]["ids"].shape == rows and eval_x["sides"][0]["ids"].shape == (3, 3072)
+    train_x, eval_x = batch_inputs(train_x, "cuda"), batch_inputs(eval_x, "cuda")
+    results = {}
+    for path in ("flex", "sdpa"):  # compiled flex first, as in a fresh training process
+        m.attention = path
+        fn = train.compile_model(m) if path == "flex" else m
+        m.eval()
+        with torch.no_grad():
+            eval_losses = fn(**eval_x, reduction="none")[1]
+        m.train()
+        m.zero_grad(set_to_none=True)
+        loss = fn(**train_x)[1]
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        results[path] = eval_losses, loss.detach(), grads
+    (e0, l0, g0), (e1, l1, g1) = results["sdpa"], results["flex"]
+    assert torch.allclose(e0, e1, atol=1e-4, rtol=1e-3), (e0 - e1).abs().max()
+    assert torch.allclose(l0, l1, atol=5e-5), (l0, l1)
+    assert g0.keys() == g1.keys() == {n for n, _ in m.named_parameters()}
+    assert g0["streams.0.wte.weight"].abs().max() > 0, "the byte branch must get gradients"
+    for n, a in g0.items():  # atol relative to the gradient's scale: some gradients are all small
+        err, scale = (g1[n] - a).abs().max(), a.abs().max()
+        assert torch.allclose(g1[n], a, atol=1e-4 * scale.item(), rtol=1e-3), (n, err, scale)
+
+
 def test_byte_stream_is_the_core_rule(toks):
     """The offset machinery (end, known, intervals) for a byte stream reduces exactly to the core rule:
     token i reads byte j iff j < end of token i. Layer 0 is recomputed here from that rule alone."""
@@ -218,7 +275,7 @@ def random_intervals(R, Q, L, seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_interval_block_mask_is_the_interval_rule(seed):
-    """The arithmetic block lists: flex attention under them equals dense SDPA under the intervals, and
+    """The block lists: flex attention under them equals dense SDPA under the intervals, and
     the transposed lists (used by the backward pass) hold exactly the query blocks that see each key block."""
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
     R, Q, L, H, D = 2, 700, 900, 2, 16

@@ -151,3 +151,37 @@ def test_float32_means_float32():
     cfg = dict(train.DEFAULTS, device="cpu")
     train.start_runtime(dict(cfg, dtype="float32"))
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+
+
+def test_compiling_uses_static_shapes(monkeypatch):
+    """torch.compile(dynamic=False), for training and bench.py alike: evaluation and training
+    batches each get their own static graph (automatic dynamic shapes recompiled the training
+    graph with symbolic sizes after the step-0 evaluation)."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    model = torch.nn.Linear(2, 2)
+    assert train.compile_model(model) is model
+    rt = train.Runtime(ddp=False, rank=0, local_rank=0, world=1, device="cpu", device_type="cpu",
+                       dtype="float32", use_compile=True, attention="flex", autocast=None,
+                       peak_flops=None)
+    assert train.compile_and_wrap(model, rt) is model
+    assert calls == [dict(dynamic=False)] * 2
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_only_flex_training_packs_side_streams(dataset, toks, tmp_path, attention):
+    """pack='auto': training packs side streams into one row under flex attention only, as SDPA's
+    dense masks would grow with the square of a packed row. (set_up on CPU, as train.main calls
+    it.)"""
+    cfg, _ = train.parse_config(args(dataset, toks, tmp_path / "run", attention=attention,
+                                     pack="auto"))
+    train.validate(cfg)
+    run = train.set_up(cfg, train.start_runtime(cfg), None)
+    assert run.rt.attention == attention
+    flex = attention == "flex"
+    assert run.train_batches.pack == flex
+    B = cfg["batch_size"]
+    batch = run.train_batches.get(run.train_batches.positions(0, B))
+    stream = cfg["streams"][0]
+    rows = (1, B * stream["packed_budget"]) if flex else (B, stream["budget"])
+    assert batch["sides"][0]["ids"].shape == rows
