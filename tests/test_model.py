@@ -318,7 +318,7 @@ def test_interval_block_mask_is_the_interval_rule(seed):
 
 @pytest.mark.parametrize("variant", ["layer0", "local2", "two_streams"])
 def test_forward_compiles_to_one_graph(toks, variant):
-    """Masks from loader intervals by arithmetic: the whole forward pass, flex masks included, traces as
+    """Masks from loader intervals: the whole forward pass, flex masks included, traces as
     one graph with no break (so torch.compile(fullgraph=True) holds), packed or not."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.5), T=100)
     m.attention = "flex"
