@@ -259,26 +259,38 @@ def ordered(blocks):
 
 
 def interval_block_mask(lo, hi, kv_len):
-    """FlexAttention BlockMask for 'query q sees keys [lo[r,q], hi[r,q])'. Each query block's
-    partial and full key blocks come from comparing every query's interval with every key block's
-    bounds; BlockMask.from_kv_blocks derives the transposed lists that the backward pass reads.
-    (An earlier construction by range arithmetic gave right lists but, compiled on an H200, wrong
-    gradients: results/flex_gradient_bug/. This one gave SDPA's gradients there.)"""
+    """FlexAttention BlockMask for 'query q sees keys [lo[r,q], hi[r,q])'. The block lists come from
+    interval_block_lists, outside the compiled graph; only the mask_mod (a comparison) is traced."""
     R, Q = lo.shape
-    nq, nk = -(-Q // FLEX_BLOCK), -(-kv_len // FLEX_BLOCK)
-    # queries padded to whole blocks by repeating the last query
-    pad = lambda t: torch.cat([t, t[:, -1:].expand(R, nq * FLEX_BLOCK - Q)], 1)
-    lo_p, hi_p = pad(lo), pad(hi)
-    lo_b, hi_b = lo_p.view(R, nq, FLEX_BLOCK, 1), hi_p.view(R, nq, FLEX_BLOCK, 1)
+    pad = -Q % FLEX_BLOCK  # queries padded to whole blocks by repeating the last query
+    lo_p, hi_p = (torch.cat([t, t[:, -1:].expand(R, pad)], 1) for t in (lo, hi))
+    mask_mod = lambda b, h, q, kv: (kv >= lo_p[b, q]) & (kv < hi_p[b, q])
+    return BlockMask((Q, kv_len), *interval_block_lists(lo_p, hi_p, kv_len),
+                     (FLEX_BLOCK, FLEX_BLOCK), mask_mod)
+
+
+@torch.compiler.disable
+def interval_block_lists(lo, hi, kv_len):
+    """The eight block lists of a BlockMask (partial and full key blocks per query block, and the
+    transposed lists that the backward pass reads) for intervals lo, hi padded to whole query
+    blocks. Each query block's partial and full key blocks come from comparing every query's
+    interval with every key block's bounds; BlockMask.from_kv_blocks transposes them. Run eagerly:
+    compiled on an H200, index work like this gave wrong gradients (an earlier construction) or
+    illegal memory accesses (this one); see results/flex_gradient_bug/. The lists must be
+    contiguous: FlexAttention's GPU kernels ignore strides (a transposed view gave wrong
+    gradients there, as CPU flex never reads the lists)."""
+    R, Q = lo.shape
+    nq, nk = Q // FLEX_BLOCK, -(-kv_len // FLEX_BLOCK)
+    lo_b, hi_b = lo.view(R, nq, FLEX_BLOCK, 1), hi.view(R, nq, FLEX_BLOCK, 1)
     # key block bounds [k0, k1); a last block cut short by kv_len is never full
     k0 = torch.arange(nk, device=lo.device) * FLEX_BLOCK
     k1 = k0 + FLEX_BLOCK
     some = ((lo_b < k1) & (hi_b > k0) & (hi_b > lo_b)).any(2)  # (rows, query blocks, key blocks)
     full = ((lo_b <= k0) & (hi_b >= k1)).all(2)
-    mask_mod = lambda b, h, q, kv: (kv >= lo_p[b, q]) & (kv < hi_p[b, q])
-    return BlockMask.from_kv_blocks(*ordered(some & ~full), *ordered(full),
-                                    BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
-                                    seq_lengths=(Q, kv_len))
+    m = BlockMask.from_kv_blocks(*ordered(some & ~full), *ordered(full), BLOCK_SIZE=FLEX_BLOCK,
+                                 seq_lengths=(Q, kv_len))
+    return (m.kv_num_blocks, m.kv_indices, m.full_kv_num_blocks, m.full_kv_indices,
+            m.q_num_blocks, m.q_indices, m.full_q_num_blocks, m.full_q_indices)
 
 
 def next_element_targets(side):

@@ -8,7 +8,8 @@ n_layer, n_head, n_embd = 12, 12, 768
 # ~3.8 bytes per GPT-2 token on Gutenberg (3,817 per 1024-token window, at most ~4,900): a window keeps
 # up to 6144 bytes; training packs a batch's bytes into 4096 per window on average (the log reports the
 # tokens lost to the cap and dropped from the loss when a batch overflows)
-streams = [dict(tokenizer="bytes", n_layer=2, n_head=4, n_embd=256, window=256, budget=6144,
+# the byte GPT is 2 x 128 (d1 = n_embd / 6), the shape of the seeded study's bytes arm (README, Findings)
+streams = [dict(tokenizer="bytes", n_layer=2, n_head=2, n_embd=128, window=256, budget=6144,
                 packed_budget=4096, cross_layers=[0], locality=None)]
 batch_size = 32
 total_batch_size = 32 * 1024

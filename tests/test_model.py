@@ -282,6 +282,10 @@ def test_interval_block_mask_is_the_interval_rule(seed):
     lo, hi = random_intervals(R, Q, L, seed)
     mask = interval_block_mask(lo, hi, L)
     assert mask.full_kv_num_blocks.sum() > 0 and mask.kv_num_blocks.sum() > 0, "need full and partial blocks"
+    # GPU kernels read the lists as contiguous (a transposed view gave wrong gradients on an H200)
+    lists = [mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.full_kv_indices,
+             mask.q_num_blocks, mask.q_indices, mask.full_q_num_blocks, mask.full_q_indices]
+    assert all(t.is_contiguous() and t.dtype == torch.int32 for t in lists)
     q, k, v = torch.randn(R, H, Q, D), torch.randn(R, H, L, D), torch.randn(R, H, L, D)
     dense = (torch.arange(L) >= lo[..., None]) & (torch.arange(L) < hi[..., None])
     sees = dense.any(-1)[:, None, :, None]
@@ -317,13 +321,14 @@ def test_interval_block_mask_is_the_interval_rule(seed):
 
 
 @pytest.mark.parametrize("variant", ["layer0", "local2", "two_streams"])
-def test_forward_compiles_to_one_graph(toks, variant):
-    """Masks from loader intervals: the whole forward pass, flex masks included, traces as
-    one graph with no break (so torch.compile(fullgraph=True) holds), packed or not."""
+def test_forward_breaks_its_graph_only_for_block_lists(toks, variant):
+    """Masks from loader intervals: the forward pass traces whole, flex masks included, except
+    for the block lists, built eagerly on purpose (model.interval_block_lists), packed or not."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.5), T=100)
     m.attention = "flex"
     for pack in (False, True):
         x = batch_for(toks, m, TEXT, starts=(0, 37), pack=pack)
         with torch.no_grad():
             explained = torch._dynamo.explain(m)(**x)
-        assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+        reasons = [str(r) for r in explained.break_reasons]
+        assert reasons and all("interval_block_lists" in r for r in reasons), reasons
