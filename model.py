@@ -241,13 +241,40 @@ class StreamGPT(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # masks: who sees what arrives from the data loader as one interval [lo, hi) of keys per query
 
-def interval_mask(lo, hi, kv_len, flex):
-    """Query q of row r sees keys [lo[r, q], hi[r, q]). A BlockMask for FlexAttention, or a dense
-    boolean mask (rows, 1, queries, keys) for SDPA."""
-    if flex:
-        return interval_block_mask(lo, hi, kv_len)
+def interval_mask(lo, hi, kv_len, block_lists=None):
+    """Query q of row r sees keys [lo[r, q], hi[r, q]). A BlockMask for FlexAttention when given its
+    block lists, else a dense boolean mask (rows, 1, queries, keys) for SDPA."""
+    if block_lists is not None:
+        return interval_block_mask(lo, hi, kv_len, block_lists)
     k = torch.arange(kv_len, device=lo.device)
     return ((k >= lo[..., None]) & (k < hi[..., None]))[:, None]
+
+
+def pad_queries(t):
+    """(rows, queries) padded to whole FlexAttention blocks by repeating the last query."""
+    return torch.cat([t, t[:, -1:].expand(t.size(0), -t.size(1) % FLEX_BLOCK)], 1)
+
+
+def interval_block_mask(lo, hi, kv_len, block_lists=None):
+    """FlexAttention BlockMask for 'query q sees keys [lo[r,q], hi[r,q])' from its block lists
+    (interval_block_lists); in a compiled graph only the mask_mod (a comparison) is traced."""
+    lo_p, hi_p = pad_queries(lo), pad_queries(hi)
+    mask_mod = lambda b, h, q, kv: (kv >= lo_p[b, q]) & (kv < hi_p[b, q])
+    if block_lists is None:
+        block_lists = interval_block_lists(lo, hi, kv_len)
+    return BlockMask((lo.size(1), kv_len), *block_lists, (FLEX_BLOCK, FLEX_BLOCK), mask_mod)
+
+
+@torch.compiler.disable
+def stream_block_lists(sides, recurrent):
+    """Per side stream, the block lists of its self-attention mask (None for a recurrent stream)
+    and of cross-attention into it, built eagerly in one call at the start of the forward pass:
+    one graph break, not one per mask. Compiled on an H200, index work like this gave wrong
+    gradients (an earlier construction) or illegal memory accesses (this one); see
+    results/flex_gradient_bug/."""
+    return [(None if rec else interval_block_lists(side["self_lo"], side["self_hi"], n),
+             interval_block_lists(side["cross_lo"], side["cross_hi"], n))
+            for side, rec in zip(sides, recurrent) for n in [side["ids"].size(1)]]
 
 
 def ordered(blocks):
@@ -258,27 +285,14 @@ def ordered(blocks):
     return m.sum(-1).to(torch.int32), order.to(torch.int32)
 
 
-def interval_block_mask(lo, hi, kv_len):
-    """FlexAttention BlockMask for 'query q sees keys [lo[r,q], hi[r,q])'. The block lists come from
-    interval_block_lists, outside the compiled graph; only the mask_mod (a comparison) is traced."""
-    R, Q = lo.shape
-    pad = -Q % FLEX_BLOCK  # queries padded to whole blocks by repeating the last query
-    lo_p, hi_p = (torch.cat([t, t[:, -1:].expand(R, pad)], 1) for t in (lo, hi))
-    mask_mod = lambda b, h, q, kv: (kv >= lo_p[b, q]) & (kv < hi_p[b, q])
-    return BlockMask((Q, kv_len), *interval_block_lists(lo_p, hi_p, kv_len),
-                     (FLEX_BLOCK, FLEX_BLOCK), mask_mod)
-
-
-@torch.compiler.disable
 def interval_block_lists(lo, hi, kv_len):
     """The eight block lists of a BlockMask (partial and full key blocks per query block, and the
-    transposed lists that the backward pass reads) for intervals lo, hi padded to whole query
-    blocks. Each query block's partial and full key blocks come from comparing every query's
-    interval with every key block's bounds; BlockMask.from_kv_blocks transposes them. Run eagerly:
-    compiled on an H200, index work like this gave wrong gradients (an earlier construction) or
-    illegal memory accesses (this one); see results/flex_gradient_bug/. The lists must be
+    transposed lists that the backward pass reads) for 'query q sees keys [lo[r,q], hi[r,q])'.
+    Each query block's partial and full key blocks come from comparing every query's interval
+    with every key block's bounds; BlockMask.from_kv_blocks transposes them. The lists must be
     contiguous: FlexAttention's GPU kernels ignore strides (a transposed view gave wrong
-    gradients there, as CPU flex never reads the lists)."""
+    gradients there, while CPU flex never reads the lists)."""
+    lo, hi = pad_queries(lo), pad_queries(hi)
     R, Q = lo.shape
     nq, nk = Q // FLEX_BLOCK, -(-kv_len // FLEX_BLOCK)
     lo_b, hi_b = lo.view(R, nq, FLEX_BLOCK, 1), hi.view(R, nq, FLEX_BLOCK, 1)
@@ -367,7 +381,9 @@ class GPT(nn.Module):
         assert T <= c.block_size, f"sequence of {T} tokens is longer than block_size {c.block_size}"
         assert len(sides) == len(c.streams), (
             f"model has {len(c.streams)} side streams, got {len(sides)}")
-        read = [self.run_stream(s, side, tok_end) for s, side in enumerate(sides)]
+        block_lists = (stream_block_lists(sides, [st.recurrent for st in self.streams])
+                       if self.attention == "flex" and sides else [(None, None)] * len(sides))
+        read = [self.run_stream(s, side, tok_end, block_lists[s]) for s, side in enumerate(sides)]
         x = self.wte(idx)
         if self.training and self.drop_embeddings:
             x = x * (torch.rand(B, T, 1, device=x.device) >= self.embed_dropout).to(x.dtype)
@@ -395,20 +411,21 @@ class GPT(nn.Module):
         targets = next_element_targets(side)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
 
-    def run_stream(self, s, side, tok_end):
+    def run_stream(self, s, side, tok_end, block_lists):
         """Side stream s over its elements; returns what cross-attention into it needs: the stream's
-        states, rotary phases of queries (token ends) and keys (element ends), and the mask."""
-        ids, flex = side["ids"], self.attention == "flex"
+        states, rotary phases of queries (token ends) and keys (element ends), and the mask.
+        block_lists: FlexAttention's for (self-attention, cross-attention), or Nones for SDPA."""
+        ids, (own_lists, cross_lists) = side["ids"], block_lists
         own_rope = gather_rope(getattr(self, f"stream_rope{s}"), side["pos"])
         if self.streams[s].recurrent:  # the recurrence restarts at each window's first element
             own_mask = side["pos"] == 0
         else:
-            own_mask = interval_mask(side["self_lo"], side["self_hi"], ids.size(1), flex)
+            own_mask = interval_mask(side["self_lo"], side["self_hi"], ids.size(1), own_lists)
         h = self.streams[s](ids, own_rope, own_mask)
         offsets = getattr(self, f"cross_rope{s}")
         q_rope = gather_rope(offsets, tok_end.reshape(ids.size(0), -1))
         return (h, q_rope, gather_rope(offsets, side["end"]),
-                interval_mask(side["cross_lo"], side["cross_hi"], ids.size(1), flex))
+                interval_mask(side["cross_lo"], side["cross_hi"], ids.size(1), cross_lists))
 
     # --------------------------------------------------------------------------------------------
     # accounting

@@ -321,14 +321,22 @@ def test_interval_block_mask_is_the_interval_rule(seed):
 
 
 @pytest.mark.parametrize("variant", ["layer0", "local2", "two_streams"])
-def test_forward_breaks_its_graph_only_for_block_lists(toks, variant):
-    """Masks from loader intervals: the forward pass traces whole, flex masks included, except
-    for the block lists, built eagerly on purpose (model.interval_block_lists), packed or not."""
+def test_forward_compiles_to_one_graph_beside_eager_block_lists(toks, variant, monkeypatch):
+    """Masks from loader intervals: the forward pass traces as one graph, flex masks included,
+    while every mask's block lists are built eagerly, outside it (model.stream_block_lists, at
+    the start of the forward pass), packed or not. SDPA (dense masks) traces whole too."""
+    import model
+    compiling = []
+    lists = model.interval_block_lists
+    monkeypatch.setattr(model, "interval_block_lists",
+                        lambda *a: compiling.append(torch.compiler.is_compiling()) or lists(*a))
     m = make(toks, streams=packed(VARIANTS[variant], 0.5), T=100)
-    m.attention = "flex"
-    for pack in (False, True):
+    masks = sum(1 + (s.mixer != "recurrent") for s in m.config.streams)
+    for attention, pack in (("flex", False), ("flex", True), ("sdpa", False)):
+        m.attention = attention
         x = batch_for(toks, m, TEXT, starts=(0, 37), pack=pack)
+        compiling.clear()
         with torch.no_grad():
             explained = torch._dynamo.explain(m)(**x)
-        reasons = [str(r) for r in explained.break_reasons]
-        assert reasons and all("interval_block_lists" in r for r in reasons), reasons
+        assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+        assert compiling == ([False] * masks if attention == "flex" else []), compiling
