@@ -272,9 +272,12 @@ def stream_block_lists(sides, recurrent):
     one graph break, not one per mask. Compiled on an H200, index work like this gave wrong
     gradients (an earlier construction) or illegal memory accesses (this one); see
     results/flex_gradient_bug/."""
-    return [(None if rec else interval_block_lists(side["self_lo"], side["self_hi"], n),
-             interval_block_lists(side["cross_lo"], side["cross_hi"], n))
-            for side, rec in zip(sides, recurrent) for n in [side["ids"].size(1)]]
+    lists = []
+    for side, rec in zip(sides, recurrent):
+        n = side["ids"].size(1)
+        own = None if rec else interval_block_lists(side["self_lo"], side["self_hi"], n)
+        lists.append((own, interval_block_lists(side["cross_lo"], side["cross_hi"], n)))
+    return lists
 
 
 def ordered(blocks):

@@ -39,7 +39,8 @@ from model import GPT, GPTConfig
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PROGRESS_S = 30  # seconds between progress lines
 GPU_JOBS = 24  # most jobs at once on a GPU by default, fewer where memory is short:
-GB_PER_JOB = 9  # measured peak of a study run on an H200: 4.4 GB without bytes, 8.9 GB with them
+GB_PER_JOB = 14  # peak of a study run on an H200: 4.4 GB without bytes, 13.5 GB with them (bench.py,
+                 # eager block lists; 8.9 GB when the lists were built in the compiled graph)
 # two-sided 95% quantiles of Student's t for df = 1..30 (beyond: the df-30 value, slightly
 # conservative)
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
