@@ -38,6 +38,7 @@ from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PROGRESS_S = 30  # seconds between progress lines
+OOM_RETRIES = 2  # times a job that died out of GPU memory runs again
 GPU_JOBS = 24  # most jobs at once on a GPU by default, fewer where memory is short:
 GB_PER_JOB = 14  # peak of a study run on an H200: 4.4 GB without bytes, 13.5 GB with them (bench.py,
                  # eager block lists; 8.9 GB when the lists were built in the compiled graph)
@@ -196,37 +197,59 @@ def default_parallel(n_runs):
     return max(1, min(n_runs, GPU_JOBS, fits))
 
 
+def ran_out_of_memory(job):
+    """Whether the job's last attempt (its log from where that attempt began) died out of GPU
+    memory."""
+    with open(job["log"], errors="replace") as f:
+        f.seek(job["log_offset"])
+        text = f.read()
+    return "OutOfMemoryError" in text or "CUDA out of memory" in text
+
+
 def run_jobs(jobs, parallel, what):
-    """Runs jobs (dicts: name, cmd, log, mode, units() -> (done, total)) `parallel` at once,
-    printing progress and an ETA; returns the names of those that failed. Ctrl-C or SIGTERM: the
-    running jobs are told to stop (train.py saves a checkpoint) and waited for."""
+    """Runs jobs (dicts: name, cmd, log, mode, units() -> (done, total), optional retry_cmd)
+    `parallel` at once, printing progress and an ETA; returns the names of those that failed. A
+    job that dies out of GPU memory (a neighbour's peak, another process on the GPU) runs again
+    (retry_cmd, else cmd; up to OOM_RETRIES times) once no other job waits and at most half as
+    many run. Ctrl-C or SIGTERM: the running jobs are told to stop (train.py saves a
+    checkpoint) and waited for."""
     # the jobs share the cores, compile workers too
     threads = str(max(1, (os.cpu_count() or 1) // parallel))
     env = {"OMP_NUM_THREADS": threads, "TORCHINDUCTOR_COMPILE_THREADS": threads, **os.environ,
            "PYTHONUNBUFFERED": "1"}
-    waiting, running, failed, t0, shown = list(jobs), {}, [], time.time(), 0.0
+    waiting, retry, running, failed = [dict(j, tries=0) for j in jobs], [], {}, []
+    t0, shown = time.time(), 0.0
     units = lambda: [sum(u) for u in zip(*(j["units"]() for j in jobs))] or [0, 0]
     start, total = units()
     try:
-        while waiting or running:
+        while waiting or retry or running:
+            if not waiting and retry and len(running) < max(1, parallel // 2):
+                waiting.append(retry.pop(0))
             while waiting and len(running) < parallel:
                 j = waiting.pop(0)
+                append = j["mode"] == "a" and os.path.exists(j["log"])
+                j["log_offset"] = os.path.getsize(j["log"]) if append else 0
                 log = open(j["log"], j["mode"])
                 p = subprocess.Popen(j["cmd"], stdout=log, stderr=subprocess.STDOUT, env=env)
-                running[j["name"]] = p, log
+                running[j["name"]] = p, log, j
             time.sleep(0.2)
-            for name, (p, log) in list(running.items()):
+            for name, (p, log, j) in list(running.items()):
                 if p.poll() is not None:
                     log.close()
                     del running[name]
-                    failed += [name] if p.returncode else []
                     result = f"FAILED (exit {p.returncode})" if p.returncode else "done"
+                    if p.returncode and j["tries"] < OOM_RETRIES and ran_out_of_memory(j):
+                        retry.append(dict(j, cmd=j.get("retry_cmd", j["cmd"]), mode="a",
+                                          tries=j["tries"] + 1))
+                        result = "out of GPU memory: it will run again when fewer jobs run"
+                    elif p.returncode:
+                        failed.append(name)
                     print(f"{what} {name}: " + result)
-            if time.time() - shown >= PROGRESS_S or not (waiting or running):
+            if time.time() - shown >= PROGRESS_S or not (waiting or retry or running):
                 shown, elapsed, done = time.time(), time.time() - t0, units()[0]
                 frac = (done - start) / max(total - start, 1)
                 eta = f"eta {elapsed * (1 - frac) / frac / 60:.1f} min" if frac > 0 else "eta -"
-                print(f"[{what}] {len(running)} running, {len(waiting)} waiting, "
+                print(f"[{what}] {len(running)} running, {len(waiting) + len(retry)} waiting, "
                       f"{len(failed)} failed | {done}/{total} | {elapsed / 60:.1f} min | {eta}",
                       flush=True)
     except KeyboardInterrupt:
@@ -234,7 +257,7 @@ def run_jobs(jobs, parallel, what):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print(f"\ninterrupted: stopping {len(running)} job(s); the same command resumes",
               flush=True)
-        for p, _ in running.values():
+        for p, *_ in running.values():
             p.send_signal(signal.SIGTERM)
             p.wait()
         raise SystemExit(130)
@@ -264,8 +287,10 @@ def train_runs(runs, parallel):
         os.makedirs(r["dir"], exist_ok=True)
         if r["state"] == "new" and os.path.exists(f"{r['dir']}/log.jsonl"):
             os.remove(f"{r['dir']}/log.jsonl")  # an earlier attempt's, from before any checkpoint
-    jobs = [dict(name=r["name"], cmd=r["cmd"], log=f"{r['dir']}/train.log",
-                 mode="a" if r["state"] == "resume" else "w",
+    # a run that died out of memory resumes from its checkpoint if it wrote one
+    again = lambda cmd: [c for c in cmd if not c.startswith("--init_from=")] + ["--init_from=auto"]
+    jobs = [dict(name=r["name"], cmd=r["cmd"], retry_cmd=again(r["cmd"]),
+                 log=f"{r['dir']}/train.log", mode="a" if r["state"] == "resume" else "w",
                  units=lambda r=r: (last_step(r["dir"]), r["steps"])) for r in todo]
     failed = run_jobs(jobs, parallel, "train")
     for r in (r for r in runs if r["name"] in failed):

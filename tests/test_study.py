@@ -82,6 +82,29 @@ def test_runs_kept_without_checkpoints_are_done(tmp_path, capsys):
     assert curves["baseline"][1] == {0: (0, 0.0, 2.0), 6: (768, 4.5, 1.6)}
 
 
+def test_a_job_that_ran_out_of_gpu_memory_runs_again(tmp_path, capsys):
+    """A job that died out of GPU memory runs again (retry_cmd, appending to its log) once fewer jobs
+    run; it counts as failed only after OOM_RETRIES more failures. Any other failure is final."""
+    script = ("import os, sys; n = int(open(sys.argv[1]).read()) if os.path.exists(sys.argv[1]) else 0; "
+              "open(sys.argv[1], 'w').write(str(n + 1)); print('attempt', n + 1, sys.argv[2:]); "
+              "sys.exit(0 if n + 1 >= int(sys.argv[2]) else (print(sys.argv[3]) or 1))")
+    oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 3.07 GiB."
+
+    def job(name, succeeds_on, error):
+        count, log = str(tmp_path / f"{name}.count"), str(tmp_path / f"{name}.log")
+        cmd = [sys.executable, "-c", script, count, str(succeeds_on), error]
+        return dict(name=name, cmd=cmd, retry_cmd=cmd + ["--init_from=auto"], log=log, mode="w",
+                    units=lambda: (0, 1))
+
+    jobs = [job("oom_once", 2, oom), job("oom_always", 99, oom), job("other", 2, "ValueError: bad")]
+    assert study.run_jobs(jobs, 3, "train") == ["other", "oom_always"]
+    attempts = {name: int((tmp_path / f"{name}.count").read_text()) for name in ("oom_once", "oom_always", "other")}
+    assert attempts == {"oom_once": 2, "oom_always": 1 + study.OOM_RETRIES, "other": 1}
+    log = (tmp_path / "oom_once.log").read_text()
+    assert "attempt 1" in log and "attempt 2" in log and "--init_from=auto" in log  # kept, then appended
+    assert "oom_once: out of GPU memory: it will run again" in capsys.readouterr().out
+
+
 def write_arms(d, dataset, tokenizer):
     base = d / "base" / "tiny.py"
     base.parent.mkdir()
