@@ -282,32 +282,45 @@ def stream_block_lists(sides, recurrent):
 
 def ordered(blocks):
     """(count, indices) of a (rows, query blocks, key blocks) boolean: per query block, the key
-    blocks marked, in increasing order first (a stable sort)."""
+    blocks marked, in increasing order, then the others (what a stable descending argsort gives,
+    by cumulative sums and one scatter). Both contiguous, whatever the strides of `blocks`."""
     m = blocks[:, None].to(torch.int32)  # (rows, heads=1, query blocks, key blocks)
-    order = torch.argsort(m, dim=-1, descending=True, stable=True)
-    return m.sum(-1).to(torch.int32), order.to(torch.int32)
+    count = m.sum(-1, dtype=torch.int32)
+    slot = torch.where(m.bool(), m.cumsum(-1) - 1, count[..., None] + (1 - m).cumsum(-1) - 1)
+    keys = torch.arange(m.size(-1), dtype=torch.int32, device=m.device).expand(m.shape)
+    indices = torch.empty(m.shape, dtype=torch.int32, device=m.device)
+    return count, indices.scatter_(-1, slot.long(), keys)
 
 
 def interval_block_lists(lo, hi, kv_len):
     """The eight block lists of a BlockMask (partial and full key blocks per query block, and the
     transposed lists that the backward pass reads) for 'query q sees keys [lo[r,q], hi[r,q])'.
-    Each query block's partial and full key blocks come from comparing every query's interval
-    with every key block's bounds; BlockMask.from_kv_blocks transposes them. The lists must be
-    contiguous: FlexAttention's GPU kernels ignore strides (a transposed view gave wrong
-    gradients there, while CPU flex never reads the lists)."""
+    The lists must be contiguous: FlexAttention's GPU kernels ignore strides (a transposed view
+    gave wrong gradients there, while CPU flex never reads the lists)."""
     lo, hi = pad_queries(lo), pad_queries(hi)
     R, Q = lo.shape
     nq, nk = Q // FLEX_BLOCK, -(-kv_len // FLEX_BLOCK)
-    lo_b, hi_b = lo.view(R, nq, FLEX_BLOCK, 1), hi.view(R, nq, FLEX_BLOCK, 1)
-    # key block bounds [k0, k1); a last block cut short by kv_len is never full
-    k0 = torch.arange(nk, device=lo.device) * FLEX_BLOCK
-    k1 = k0 + FLEX_BLOCK
-    some = ((lo_b < k1) & (hi_b > k0) & (hi_b > lo_b)).any(2)  # (rows, query blocks, key blocks)
-    full = ((lo_b <= k0) & (hi_b >= k1)).all(2)
-    m = BlockMask.from_kv_blocks(*ordered(some & ~full), *ordered(full), BLOCK_SIZE=FLEX_BLOCK,
-                                 seq_lengths=(Q, kv_len))
-    return (m.kv_num_blocks, m.kv_indices, m.full_kv_num_blocks, m.full_kv_indices,
-            m.q_num_blocks, m.q_indices, m.full_q_num_blocks, m.full_q_indices)
+    row_block = (torch.arange(R * Q, device=lo.device) // FLEX_BLOCK).view(R, Q) * (nk + 1)
+
+    def queries_per_key_block(first, end):
+        """(rows, query blocks, key blocks): how many queries of each query block have the key
+        block in [first, end); +1 and -1 at the range ends, then a cumulative sum."""
+        diff = torch.zeros(R * nq * (nk + 1), dtype=torch.int32, device=lo.device)
+        step = (end > first).to(torch.int32).flatten()
+        diff.scatter_add_(0, (row_block + first).flatten(), step)
+        diff.scatter_add_(0, (row_block + end).flatten(), -step)
+        return diff.view(R, nq, nk + 1).cumsum(-1)[..., :nk]
+
+    # a query touches key blocks lo // B .. (hi - 1) // B and covers ceil(lo / B) .. hi // B - 1
+    # wholly (a last key block cut short by kv_len ends past every hi: never covered)
+    touched_end = torch.where(hi > lo, (hi - 1) // FLEX_BLOCK + 1, 0)
+    some = queries_per_key_block(lo // FLEX_BLOCK, touched_end) > 0
+    first_full = -(-lo // FLEX_BLOCK)
+    full = queries_per_key_block(first_full, torch.maximum(hi // FLEX_BLOCK, first_full))
+    full = full == FLEX_BLOCK  # every query of the block, the padding repeats included
+    partial = some & ~full
+    return (*ordered(partial), *ordered(full),
+            *ordered(partial.transpose(1, 2)), *ordered(full.transpose(1, 2)))
 
 
 def next_element_targets(side):
