@@ -262,6 +262,8 @@ def interval_block_mask(lo, hi, kv_len, block_lists=None):
     mask_mod = lambda b, h, q, kv: (kv >= lo_p[b, q]) & (kv < hi_p[b, q])
     if block_lists is None:
         block_lists = interval_block_lists(lo, hi, kv_len)
+    # the GPU kernels read the lists as contiguous int32, whatever their strides
+    assert all(t.is_contiguous() and t.dtype == torch.int32 for t in block_lists)
     return BlockMask((lo.size(1), kv_len), *block_lists, (FLEX_BLOCK, FLEX_BLOCK), mask_mod)
 
 

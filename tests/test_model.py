@@ -286,6 +286,9 @@ def test_interval_block_mask_is_the_interval_rule(seed):
     lists = [mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.full_kv_indices,
              mask.q_num_blocks, mask.q_indices, mask.full_q_num_blocks, mask.full_q_indices]
     assert all(t.is_contiguous() and t.dtype == torch.int32 for t in lists)
+    strided = lists[5].transpose(-1, -2).contiguous().transpose(-1, -2)  # same values, other strides
+    with pytest.raises(AssertionError):
+        interval_block_mask(lo, hi, L, (*lists[:5], strided, *lists[6:]))
     q, k, v = torch.randn(R, H, Q, D), torch.randn(R, H, L, D), torch.randn(R, H, L, D)
     dense = (torch.arange(L) >= lo[..., None]) & (torch.arange(L) < hi[..., None])
     sees = dense.any(-1)[:, None, :, None]
