@@ -271,9 +271,8 @@ def interval_block_mask(lo, hi, kv_len, block_lists=None):
 def stream_block_lists(sides, recurrent):
     """Per side stream, the block lists of its self-attention mask (None for a recurrent stream)
     and of cross-attention into it, built eagerly in one call at the start of the forward pass:
-    one graph break, not one per mask. Compiled on an H200, index work like this gave wrong
-    gradients (an earlier construction) or illegal memory accesses (this one); see
-    results/flex_gradient_bug/."""
+    one graph break, not one per mask. Compiled into the graph on an H200, two constructions of
+    these lists gave wrong gradients or illegal memory accesses; see results/flex_gradient_bug/."""
     lists = []
     for side, rec in zip(sides, recurrent):
         n = side["ids"].size(1)
