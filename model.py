@@ -255,13 +255,11 @@ def pad_queries(t):
     return torch.cat([t, t[:, -1:].expand(t.size(0), -t.size(1) % FLEX_BLOCK)], 1)
 
 
-def interval_block_mask(lo, hi, kv_len, block_lists=None):
+def interval_block_mask(lo, hi, kv_len, block_lists):
     """FlexAttention BlockMask for 'query q sees keys [lo[r,q], hi[r,q])' from its block lists
     (interval_block_lists); in a compiled graph only the mask_mod (a comparison) is traced."""
     lo_p, hi_p = pad_queries(lo), pad_queries(hi)
     mask_mod = lambda b, h, q, kv: (kv >= lo_p[b, q]) & (kv < hi_p[b, q])
-    if block_lists is None:
-        block_lists = interval_block_lists(lo, hi, kv_len)
     # the GPU kernels read the lists as contiguous int32, whatever their strides
     assert all(t.is_contiguous() and t.dtype == torch.int32 for t in block_lists)
     return BlockMask((lo.size(1), kv_len), *block_lists, (FLEX_BLOCK, FLEX_BLOCK), mask_mod)

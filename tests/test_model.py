@@ -6,7 +6,7 @@ import torch
 
 from conftest import HARD_DOCS, PLAIN
 from data import Corpus, make_batch
-from model import GPT, GPTConfig, batch_inputs, interval_block_mask, norm, rope
+from model import GPT, GPTConfig, batch_inputs, interval_block_lists, interval_block_mask, norm, rope
 
 
 def make(toks, main="bpe300", streams=(), T=64, n_layer=2, seed=0):
@@ -280,7 +280,7 @@ def test_interval_block_mask_is_the_interval_rule(seed):
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
     R, Q, L, H, D = 2, 700, 900, 2, 16
     lo, hi = random_intervals(R, Q, L, seed)
-    mask = interval_block_mask(lo, hi, L)
+    mask = interval_block_mask(lo, hi, L, interval_block_lists(lo, hi, L))
     assert mask.full_kv_num_blocks.sum() > 0 and mask.kv_num_blocks.sum() > 0, "need full and partial blocks"
     # GPU kernels read the lists as contiguous (a transposed view gave wrong gradients on an H200)
     lists = [mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks, mask.full_kv_indices,
