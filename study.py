@@ -40,8 +40,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 PROGRESS_S = 30  # seconds between progress lines
 OOM_RETRIES = 2  # times a job that died out of GPU memory runs again
 GPU_JOBS = 24  # most jobs at once on a GPU by default, fewer where memory is short:
-GB_PER_JOB = 14  # peak of a study run on an H200: 4.4 GB without bytes, 13.5 GB with them (bench.py,
-                 # eager block lists; 8.9 GB when the lists were built in the compiled graph)
+GB_PER_JOB = 14  # a study step's peak on an H200 is 6.6 GB without bytes, 7.5 GB with them (bench.py);
+                 # the margin covers evaluation's graphs and neighbours (README, Running the study)
 # two-sided 95% quantiles of Student's t for df = 1..30 (beyond: the df-30 value, slightly
 # conservative)
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -300,7 +300,8 @@ def train_runs(runs, parallel):
 
 def eval_jobs(runs, options, parallel, out):
     """evaluate.py on the runs that lack an up-to-date RUN/eval.json, in up to `parallel` groups (it
-    writes each run's file as that run is done)."""
+    writes each run's file as that run is done). A group's log is named after its first run, so that
+    a later call, evaluating other runs, keeps the logs of earlier ones."""
     todo = []
     for r in runs:
         path, ckpt = f"{r['dir']}/eval.json", f"{r['dir']}/ckpt.pt"
@@ -314,10 +315,10 @@ def eval_jobs(runs, options, parallel, out):
     evaluate = [sys.executable, os.path.join(ROOT, "evaluate.py")]
     evaluated = lambda g: sum(os.path.exists(f"{r['dir']}/eval.json") for r in g)
     return [dict(name=", ".join(r["name"] for r in g), runs=g,
-                 log=os.path.join(out, "eval", f"group{k}.log"), mode="w",
+                 log=os.path.join(out, "eval", f"{g[0]['name']}.log"), mode="w",
                  cmd=[*evaluate, *(r["dir"] for r in g), *options],
                  units=lambda g=g: (evaluated(g), len(g)))
-            for k, g in enumerate(groups)]
+            for g in groups]
 
 
 def evaluate_runs(runs, options, parallel, out):

@@ -74,6 +74,8 @@ def test_runs_kept_without_checkpoints_are_done(tmp_path, capsys):
     assert "baseline_s1: done\n" in capsys.readouterr().out
     jobs = study.eval_jobs(runs, ["--text", "data"], 2, str(tmp_path))  # no checkpoint: no stale eval.json
     assert [r["name"] for j in jobs for r in j["runs"]] == ["baseline_s3"]
+    # its log is named after the run, not after the group's index, which an earlier call's log may hold
+    assert [os.path.basename(j["log"]) for j in jobs] == ["baseline_s3.log"]
     assert all((tmp_path / "runs" / f"baseline_s{seed}" / "eval.json").exists() for seed in (1, 2))
     per_run, curves = study.collect(runs[:1], arms)
     metrics = per_run["baseline"][1]
