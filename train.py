@@ -918,16 +918,22 @@ def save_checkpoint(run):
     write_checkpoint(run.ckpt_path, state)
 
 
-def finish(run, prefetch, t_start):
+def finish(run, prefetch, t_start, exit_status):
     prefetch.close()
     run.rt.print0(f"done in {(time.time() - t_start) / 60:.1f} min; best val loss "
                   f"{run.best_val:.4f}")
-    if run.rt.ddp:
-        dist.barrier()
-        dist.destroy_process_group()
     if run.log_file:
         run.log_file.close()
     unlock_out_dir()
+    if run.rt.ddp:
+        # Every process leaves together, then ends here, skipping the interpreter's teardown: there,
+        # freeing DDP's reducer destroys the gloo process group while holding the GIL, and joins a
+        # gloo thread that may be waiting for the GIL to free a finished collective's tensors (a
+        # torch deadlock, seen in CI with torch 2.13 and two CPU processes). Nothing is left to save.
+        dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -968,7 +974,7 @@ def main(argv):
             rt.print0(f"stopped at step {run.step}; continue with --init_from=resume (checkpoint "
                       f"{run.ckpt_path})")
             break
-    finish(run, prefetch, t_start)
+    finish(run, prefetch, t_start, exit_status)
     if exit_status:  # a scheduler (or torchrun) sees that the run did not finish
         raise SystemExit(exit_status)
 

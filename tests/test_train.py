@@ -77,7 +77,7 @@ def test_ddp_two_processes_match_one(dataset, toks, tmp_path):
     run_inprocess(args(dataset, toks, single, **common))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     r = subprocess.run(cmd + args(dataset, toks, ddp, **common), cwd=ROOT, capture_output=True, text=True,
-                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "2 process(es)" in r.stdout
     a, b = weights(single), weights(ddp)

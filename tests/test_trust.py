@@ -567,7 +567,7 @@ def test_ddp_resume_restores_each_process_rng(dataset, toks, tmp_path):
 
     def ddp(out, **over):
         r = subprocess.run(cmd + args(dataset, toks, out, **common, **over), cwd=ROOT, capture_output=True,
-                           text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                           text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
     ddp(tmp_path / "full", max_iters=4)
     ddp(tmp_path / "cut", max_iters=2)
