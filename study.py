@@ -550,13 +550,16 @@ def bar_plots(plt, out, arms):
             continue
         fig, axes = plt.subplots(len(panels), 1, figsize=(13, 4 * len(panels)), squeeze=False)
         width = 0.8 / len(arms)
+        one_seed = all(len(e["seeds"]) == 1 for e in arms.values())  # no spread to show
         for ax, (title, names) in zip(axes[:, 0], panels.items()):
             for i, (arm, e) in enumerate(arms.items()):
                 ms = [e.get(n, {}) for n in names.values()]
                 ax.bar([k + i * width for k in range(len(names))], [m.get("mean") or 0 for m in ms],
-                       width, yerr=[m.get("sd") or 0 for m in ms], capsize=2, label=arm)
+                       width, yerr=None if one_seed else [m.get("sd") or 0 for m in ms],
+                       capsize=2, label=arm)
             ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], list(names))
-            ax.set(title=title, ylabel=ylabel + " (mean ± sd over seeds)")
+            ax.set(title=title, ylabel=ylabel + (" (one seed)" if one_seed
+                                                 else " (mean ± sd over seeds)"))
             ax.grid(axis="y", alpha=0.3)
         axes[0, 0].legend(fontsize=8)
         fig.tight_layout()
