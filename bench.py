@@ -25,8 +25,8 @@ import torch
 
 from data import Corpus, DataError, useful_counts
 from model import GPT, batch_inputs
-from train import (PEAK_FLOPS, Batches, check_attention, compile_model, model_setup, packs,
-                   parse_config, runtime)
+from train import (PEAK_FLOPS, Batches, check_attention, compile_model, model_setup, new_graph_step,
+                   packs, parse_config, runtime)
 
 
 def profile(step, path, steps=5):
@@ -72,11 +72,12 @@ def bench(cfg, steps, profile_path=""):
     betas = (cfg["beta1"], cfg["beta2"])
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], betas,
                                           device_type)
-    step_model = compile_model(model) if use_compile else model
+    step_model = compile_model(model, cfg["compile_mode"]) if use_compile else model
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def step():
+        new_graph_step(cfg["compile_mode"])
         with autocast:
             _, loss = step_model(**inputs)
         loss.backward()
@@ -98,6 +99,7 @@ def bench(cfg, steps, profile_path=""):
         loss = step()
         sync()
         times.append(time.time() - t)
+    final_loss = loss.item()  # read before any further step (CUDA graphs reuse output memory)
     if profile_path:
         profile(step, profile_path)
     dt = float(np.median(times))
@@ -108,7 +110,8 @@ def bench(cfg, steps, profile_path=""):
                 mfu=flops * B * T / dt / peak if peak else None,
                 useful_mfu=useful * B * T / dt / peak if peak else None, warmup_s=warmup_s,
                 memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                loss=loss.item(), attention=attention, compile=use_compile, dtype=dtype)
+                loss=final_loss, attention=attention, compile=use_compile,
+                compile_mode=cfg["compile_mode"] if use_compile else None, dtype=dtype)
 
 
 def run_anchor(path, steps, batch_size):

@@ -63,6 +63,8 @@ DEFAULTS = dict(
     device="auto",                 # 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'
     dtype="auto",                  # 'bfloat16', 'float32', 'auto' (bf16 on capable GPUs, else fp32)
     compile="auto",                # torch.compile: 'auto' is on for CUDA
+    compile_mode="default",        # torch.compile's mode; 'reduce-overhead' replays CUDA graphs,
+                                   # fewer kernel launches for a host-bound step (README, Results)
     attention="auto",              # 'flex' (fused, GPU) or 'sdpa' (reference); 'auto': flex on CUDA
     pack="auto",                   # training packs side streams that have a packed_budget; 'auto':
                                    # with flex only (SDPA's dense masks grow with a row's square)
@@ -153,6 +155,8 @@ def validate(cfg):
                   "'auto', 'bfloat16' or 'float32' (float16 would need loss scaling, which "
                   "train.py does not do)"),
         "compile": (lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
+        "compile_mode": (lambda v: v in COMPILE_MODES,
+                         ", ".join(map(repr, COMPILE_MODES[:-1])) + f" or {COMPILE_MODES[-1]!r}"),
         "attention": (lambda v: v in ("auto", "flex", "sdpa"), "'auto', 'flex' or 'sdpa'"),
         "pack": (lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
         "device": (lambda v: v == "auto" or isinstance(v, str)
@@ -590,7 +594,7 @@ def set_up(cfg, rt, ckpt):
     if ckpt is not None:
         run.step, run.position, run.best_val = restore(ckpt, run)
     run.ckpt_step = run.step
-    run.model = compile_and_wrap(raw_model, rt)
+    run.model = compile_and_wrap(raw_model, rt, cfg["compile_mode"])
     run.flops_per_token = raw_model.flops_per_token()
     print_summary(run)
     # training packs side streams (no padding to compute); validation keeps one row per window, so
@@ -666,18 +670,28 @@ def restore(ckpt, run):
     return ckpt["step"], ckpt["position"], ckpt["best_val_loss"]
 
 
-def compile_model(model):
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_model(model, mode="default"):
     """torch.compile with static shapes: training and evaluation batches each get their own graph.
     With automatic dynamic shapes, the step-0 evaluation made the training graph recompile with
     symbolic sizes; static graphs are the ones whose FlexAttention gradients were checked against
     SDPA on an H200 (results/flex_gradient_bug/)."""
-    return torch.compile(model, dynamic=False)
+    return torch.compile(model, dynamic=False, **({} if mode == "default" else dict(mode=mode)))
 
 
-def compile_and_wrap(model, rt):
+def new_graph_step(mode):
+    """With CUDA graphs (reduce-overhead, max-autotune), each model call starts a new replay: the
+    previous call's outputs are no longer read (losses are summed into new tensors first)."""
+    if mode in ("reduce-overhead", "max-autotune"):
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def compile_and_wrap(model, rt, mode="default"):
     """What the loop runs: the model compiled (torch.compile) and/or wrapped for DDP."""
     if rt.use_compile:
-        model = compile_model(model)
+        model = compile_model(model, mode)
     if rt.ddp:
         # the only buffers are constant rotary tables: no need to broadcast them at each forward
         model = torch.nn.parallel.DistributedDataParallel(
@@ -819,6 +833,7 @@ def train_step(run, batches, meter):
         meter.count(batch)
         # DDP: all-reduce gradients only after the last micro-step
         with (run.model.no_sync() if rt.ddp and m < accum - 1 else nullcontext()):
+            new_graph_step(run.cfg["compile_mode"])
             with rt.autocast:
                 _, loss = run.model(**inputs)
             (loss / accum).backward()
@@ -874,6 +889,7 @@ def evaluate(run):
         entries = [(run.val_data, p, n) for p, n in windows]
         batch = make_batch(entries, run.side_toks, streams, run.cfg["block_size"])
         inputs = batch_inputs(batch, rt.device)
+        new_graph_step(run.cfg["compile_mode"])
         with rt.autocast:
             _, losses = model(**inputs, reduction="none")
         nbytes = batch["target_bytes"].to(rt.device)

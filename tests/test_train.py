@@ -99,6 +99,8 @@ def test_clear_errors(dataset, toks, trained, tmp_path):
     expect_exit(args(dataset, toks, tmp_path / "a") + ["--n_layers=3"], "unknown config key 'n_layers'",
                 "n_layer")  # the message lists the valid keys
     expect_exit(args(dataset, toks, tmp_path / "a", max_iters="many"), "max_iters='many'", "int")
+    expect_exit(args(dataset, toks, tmp_path / "a", compile_mode="fast"), "compile_mode='fast'",
+                "'reduce-overhead'")
     expect_exit(args(dataset, toks, tmp_path / "a", data_dir=str(tmp_path / "nowhere")), "does not exist",
                 "prepare.py")
     expect_exit(args(dataset, toks, tmp_path / "a", tokenizer=toks["bpe400"].spec), "no main stream", "bpe400")
@@ -166,6 +168,21 @@ def test_compiling_uses_static_shapes(monkeypatch):
                        peak_flops=None)
     assert train.compile_and_wrap(model, rt) is model
     assert calls == [dict(dynamic=False)] * 2
+    # compile_mode passes through (CUDA graphs: 'reduce-overhead'); 'default' adds no mode
+    assert train.compile_and_wrap(model, rt, "reduce-overhead") is model
+    assert calls[-1] == dict(dynamic=False, mode="reduce-overhead")
+
+
+def test_each_model_call_under_cuda_graphs_starts_a_new_step(monkeypatch):
+    """With CUDA graphs, a replay may overwrite the previous call's outputs: train.py and bench.py
+    mark a new step before every model call, and only then."""
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    for mode, expected in (("default", 0), ("max-autotune-no-cudagraphs", 0),
+                           ("reduce-overhead", 1), ("max-autotune", 1)):
+        marks.clear()
+        train.new_graph_step(mode)
+        assert len(marks) == expected, mode
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "flex"])
