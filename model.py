@@ -280,46 +280,43 @@ def stream_block_lists(sides, recurrent):
 
 
 def ordered(blocks):
-    """(count, indices) of a (rows, query blocks, key blocks) boolean: per query block, the key
-    blocks marked, in increasing order, then the others (what a stable descending argsort gives,
-    by cumulative sums and one scatter). Both contiguous, whatever the strides of `blocks`."""
-    m = blocks[:, None].to(torch.int32)  # (rows, heads=1, query blocks, key blocks)
-    count = m.sum(-1, dtype=torch.int32)
-    slot = torch.where(m.bool(), m.cumsum(-1) - 1, count[..., None] + (1 - m).cumsum(-1) - 1)
-    keys = torch.arange(m.size(-1), dtype=torch.int32, device=m.device).expand(m.shape)
-    indices = torch.empty(m.shape, dtype=torch.int32, device=m.device)
-    return count, indices.scatter_(-1, slot.long(), keys)
+    """(count, indices) of a (..., query blocks, key blocks) boolean, with a heads axis of 1 put
+    before the query blocks: per query block, the key blocks marked, in increasing order, then the
+    others (a stable descending sort). Both contiguous, whatever the strides of `blocks`."""
+    m = blocks.unsqueeze(-3).to(torch.uint8, memory_format=torch.contiguous_format)
+    order = torch.sort(m, dim=-1, descending=True, stable=True).indices
+    return m.sum(-1, dtype=torch.int32), order.to(torch.int32)
 
 
 def interval_block_lists(lo, hi, kv_len):
     """The eight block lists of a BlockMask (partial and full key blocks per query block, and the
     transposed lists that the backward pass reads) for 'query q sees keys [lo[r,q], hi[r,q])'.
     The lists must be contiguous: FlexAttention's GPU kernels ignore strides (a transposed view
-    gave wrong gradients there, while CPU flex never reads the lists)."""
+    gave wrong gradients there, while CPU flex never reads the lists). Few operations, as they run
+    eagerly on the host's critical path every step (README, Results)."""
     lo, hi = pad_queries(lo), pad_queries(hi)
     R, Q = lo.shape
     nq, nk = Q // FLEX_BLOCK, -(-kv_len // FLEX_BLOCK)
-    row_block = (torch.arange(R * Q, device=lo.device) // FLEX_BLOCK).view(R, Q) * (nk + 1)
-
-    def queries_per_key_block(first, end):
-        """(rows, query blocks, key blocks): how many queries of each query block have the key
-        block in [first, end); +1 and -1 at the range ends, then a cumulative sum."""
-        diff = torch.zeros(R * nq * (nk + 1), dtype=torch.int32, device=lo.device)
-        step = (end > first).to(torch.int32).flatten()
-        diff.scatter_add_(0, (row_block + first).flatten(), step)
-        diff.scatter_add_(0, (row_block + end).flatten(), -step)
-        return diff.view(R, nq, nk + 1).cumsum(-1)[..., :nk]
-
-    # a query touches key blocks lo // B .. (hi - 1) // B and covers ceil(lo / B) .. hi // B - 1
-    # wholly (a last key block cut short by kv_len ends past every hi: never covered)
-    touched_end = torch.where(hi > lo, (hi - 1) // FLEX_BLOCK + 1, 0)
-    some = queries_per_key_block(lo // FLEX_BLOCK, touched_end) > 0
-    first_full = -(-lo // FLEX_BLOCK)
-    full = queries_per_key_block(first_full, torch.maximum(hi // FLEX_BLOCK, first_full))
-    full = full == FLEX_BLOCK  # every query of the block, the padding repeats included
-    partial = some & ~full
-    return (*ordered(partial), *ordered(full),
-            *ordered(partial.transpose(1, 2)), *ordered(full.transpose(1, 2)))
+    # per query, two ranges of key blocks: those it touches, lo // B .. (hi - 1) // B (none when
+    # hi <= lo), and those it covers wholly, ceil(lo / B) .. hi // B - 1 (a last key block cut
+    # short by kv_len ends past every hi: never covered); end >= first, so an empty range adds 0
+    first = torch.stack([lo // FLEX_BLOCK, -(-lo // FLEX_BLOCK)])
+    end = torch.maximum(torch.stack([torch.where(hi > lo, (hi - 1) // FLEX_BLOCK + 1, 0),
+                                     hi // FLEX_BLOCK]), first)
+    # how many queries of each query block have each key block in range: +1 at a range's first
+    # block, -1 past its end, then a cumulative sum along the key blocks
+    block = (torch.arange(2 * R * Q, device=lo.device) // FLEX_BLOCK).view(2, R, Q) * (nk + 1)
+    diff = torch.zeros(2 * R * nq * (nk + 1), dtype=torch.int32, device=lo.device)
+    ones = torch.ones(2 * R * Q, dtype=torch.int32, device=lo.device)
+    diff.scatter_add_(0, torch.cat([(block + first).flatten(), (block + end).flatten()]),
+                      torch.cat([ones, -ones]))
+    queries = diff.view(2, R, nq, nk + 1).cumsum(-1, dtype=torch.int32)[..., :nk]
+    full = queries[1] == FLEX_BLOCK  # every query of the block, the padding repeats included
+    blocks = torch.stack([(queries[0] > 0) & ~full, full])  # partial, full
+    kv_counts, kv_indices = ordered(blocks)
+    q_counts, q_indices = ordered(blocks.transpose(-1, -2))
+    return (kv_counts[0], kv_indices[0], kv_counts[1], kv_indices[1],
+            q_counts[0], q_indices[0], q_counts[1], q_indices[1])
 
 
 def next_element_targets(side):

@@ -6,7 +6,8 @@ import torch
 
 from conftest import HARD_DOCS, PLAIN
 from data import Corpus, make_batch
-from model import GPT, GPTConfig, batch_inputs, interval_block_lists, interval_block_mask, norm, rope
+from model import (GPT, GPTConfig, batch_inputs, interval_block_lists, interval_block_mask, norm, rope,
+                   stream_block_lists)
 
 
 def make(toks, main="bpe300", streams=(), T=64, n_layer=2, seed=0):
@@ -311,6 +312,12 @@ def test_interval_block_mask_is_the_interval_rule(seed):
             assert not partial & full
             assert {kb for kb in range(nk) if some[r, qb, kb].any()} <= partial | full
             assert all(every[r, qb, kb].all() for kb in full) and all(some[r, qb, kb].any() for kb in partial)
+            # each row is a permutation of the key blocks (the kernels may read past the count), listed
+            # ones first and in increasing order
+            for count, indices in ((mask.kv_num_blocks, mask.kv_indices), (mask.full_kv_num_blocks,
+                                                                           mask.full_kv_indices)):
+                row = indices[r, 0, qb].tolist()
+                assert sorted(row) == list(range(nk)) and row[:count[r, 0, qb]] == sorted(row[:count[r, 0, qb]])
     reference = BlockMask.from_kv_blocks(mask.kv_num_blocks, mask.kv_indices, mask.full_kv_num_blocks,
                                          mask.full_kv_indices, BLOCK_SIZE=128, seq_lengths=(Q, L))
     pairs = [((mask.q_num_blocks, mask.q_indices), (reference.q_num_blocks, reference.q_indices)),
@@ -321,6 +328,29 @@ def test_interval_block_mask_is_the_interval_rule(seed):
             for kb in range(ours[0].size(-1)):
                 n = int(ours[0][r, 0, kb])
                 assert sorted(ours[1][r, 0, kb, :n].tolist()) == sorted(theirs[1][r, 0, kb, :n].tolist())
+
+
+def test_block_lists_take_few_operations():
+    """The block lists run eagerly on the host's critical path every step (each tensor operation
+    costs a launch on a GPU): one packed byte stream's two masks stay within 130 operations (a
+    construction with four sorts by cumulative sums took 240)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    L, T = 4 * 512, 4 * 128
+    j = torch.arange(L)
+    lo, hi = random_intervals(1, T, L, 0)
+    side = dict(ids=torch.zeros(1, L, dtype=torch.long), self_lo=torch.maximum(j - 255, j // 512 * 512)[None].int(),
+                self_hi=(j + 1)[None].int(), cross_lo=lo, cross_hi=hi)
+    with Count():
+        stream_block_lists([side], [False])
+    assert 0 < Count.n <= 130, Count.n
 
 
 @pytest.mark.parametrize("variant", ["layer0", "local2", "two_streams"])
