@@ -389,7 +389,8 @@ class GPT(nn.Module):
         """idx, targets: (B, T). tok_end: (B, T) byte offset where each token ends in its window.
         sides: per stream, the dict that data.collate builds (elements, and who sees what).
         Returns (logits, loss); logits cover the padded vocabulary (ids >= vocab_size never
-        occur)."""
+        occur). With targets the logits come detached: an output that needs a gradient but gets
+        none costs a zero-filled gradient of its size (B x T x 50,304) every training step."""
         c, (B, T) = self.config, idx.shape
         assert T <= c.block_size, f"sequence of {T} tokens is longer than block_size {c.block_size}"
         assert len(sides) == len(c.streams), (
@@ -409,13 +410,13 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1),
                                ignore_index=-1, reduction=reduction)
         if reduction != "mean":
-            return logits, loss.view(B, T)
+            return logits.detach(), loss.view(B, T)
         # auxiliary losses train the side streams; evaluation reports the main loss alone
         if self.training:
             for s, (side, (h, *_)) in enumerate(zip(sides, read)):
                 if c.streams[s].aux_loss > 0:
                     loss = loss + c.streams[s].aux_loss * self.stream_loss(s, h, side)
-        return logits, loss
+        return logits.detach(), loss
 
     def stream_loss(self, s, h, side):
         """Side stream s's own next-element loss: element m predicts element m + 1 of its window

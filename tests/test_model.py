@@ -63,6 +63,16 @@ def test_branch_off_is_the_plain_gpt(toks):
         assert not torch.allclose(base(**y)[0], byte(**x)[0]), "the byte branch must be able to change outputs"
 
 
+def test_training_logits_need_no_gradient(toks):
+    """With targets, logits come detached: a compiled step otherwise zero-fills a gradient the size
+    of the logits (B x T x vocab) every training step for an output that nobody reads."""
+    m = make(toks, streams=[BYTES]).train()
+    x = batch_for(toks, m, TEXT)
+    logits, loss = m(**x)
+    assert loss.requires_grad and not logits.requires_grad
+    assert m(**dict(x, targets=None))[0].requires_grad, "without targets, logits are the output"
+
+
 def test_plain_gpt_matches_reference(toks):
     """The baseline against a direct, independent transcription of its equations."""
     m = make(toks, n_layer=2)
