@@ -278,9 +278,9 @@ def attach_block_lists(batch, streams, pin=False):
     """Put each side stream's block lists into a CPU batch (keys self_lists, cross_lists), so that
     the data loader's thread builds them off the step's critical path (train.py's
     loader_block_lists); the same function and values as building them in the forward pass."""
+    keep = lambda lists: tuple(t.pin_memory() if pin else t for t in lists)
     for side, sc in zip(batch["sides"], streams):
         own, cross = side_block_lists(side, sc.mixer == "recurrent")
-        keep = lambda lists: tuple(t.pin_memory() if pin else t for t in lists)
         side["cross_lists"] = keep(cross)
         if own is not None:
             side["self_lists"] = keep(own)
