@@ -25,8 +25,8 @@ import torch
 
 from data import Corpus, DataError, useful_counts
 from model import GPT, batch_inputs
-from train import (PEAK_FLOPS, Batches, check_attention, compile_model, loader_lists, model_setup,
-                   new_graph_step, packs, parse_config, runtime)
+from train import (PEAK_FLOPS, Batches, check_attention, compile_model, model_setup, new_graph_step,
+                   packs, parse_config, runtime)
 
 
 def profile(step, path, steps=5):
@@ -56,10 +56,8 @@ def bench(cfg, steps, profile_path=""):
     except DataError as e:
         raise SystemExit(f"error: {e}")
     B, T = cfg["batch_size"], cfg["block_size"]
-    # with loader_block_lists the one batch timed carries its lists: the step builds none, as in
-    # train.py, where the loader's thread builds them while the previous step computes
     batches = Batches(corpus, T, main_tok, side_toks, model_config.streams, cfg["seed"],
-                      pack=packs(cfg, attention), block_lists=loader_lists(cfg, attention))
+                      pack=packs(cfg, attention))
     if batches.n < B:
         raise SystemExit(f"error: {cfg['data_dir']} holds {batches.n} windows of {T} tokens, "
                          f"fewer than batch_size {B}")
@@ -116,7 +114,7 @@ def bench(cfg, steps, profile_path=""):
                  if cuda and k in torch.cuda.get_device_name()), None)
     return dict(params=sum(p.numel() for p in model.parameters()), gflop_per_token=flops / 1e9,
                 tokens=B * T, ms=1000 * dt, ms_min=1000 * min(times), tok_s=B * T / dt,
-                ms_pipelined=1000 * pipelined, loader_block_lists=loader_lists(cfg, attention),
+                ms_pipelined=1000 * pipelined,
                 mfu=flops * B * T / dt / peak if peak else None,
                 useful_mfu=useful * B * T / dt / peak if peak else None, warmup_s=warmup_s,
                 memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,

@@ -266,34 +266,18 @@ def interval_block_mask(lo, hi, kv_len, block_lists):
     return BlockMask((lo.size(1), kv_len), *block_lists, (FLEX_BLOCK, FLEX_BLOCK), mask_mod)
 
 
-def side_block_lists(side, recurrent):
-    """A side stream's block lists, (self-attention's or None for a recurrent stream,
-    cross-attention's), from its intervals (data.collate), on whatever device they live."""
-    n = side["ids"].size(1)
-    own = None if recurrent else interval_block_lists(side["self_lo"], side["self_hi"], n)
-    return own, interval_block_lists(side["cross_lo"], side["cross_hi"], n)
-
-
-def attach_block_lists(batch, streams, pin=False):
-    """Put each side stream's block lists into a CPU batch (keys self_lists, cross_lists), so that
-    the data loader's thread builds them off the step's critical path (train.py's
-    loader_block_lists); the same function and values as building them in the forward pass."""
-    keep = lambda lists: tuple(t.pin_memory() if pin else t for t in lists)
-    for side, sc in zip(batch["sides"], streams):
-        own, cross = side_block_lists(side, sc.mixer == "recurrent")
-        side["cross_lists"] = keep(cross)
-        if own is not None:
-            side["self_lists"] = keep(own)
-    return batch
-
-
 @torch.compiler.disable
 def stream_block_lists(sides, recurrent):
     """Per side stream, the block lists of its self-attention mask (None for a recurrent stream)
     and of cross-attention into it, built eagerly in one call at the start of the forward pass:
     one graph break, not one per mask. Compiled into the graph on an H200, two constructions of
     these lists gave wrong gradients or illegal memory accesses; see results/flex_gradient_bug/."""
-    return [side_block_lists(side, rec) for side, rec in zip(sides, recurrent)]
+    lists = []
+    for side, rec in zip(sides, recurrent):
+        n = side["ids"].size(1)
+        own = None if rec else interval_block_lists(side["self_lo"], side["self_hi"], n)
+        lists.append((own, interval_block_lists(side["cross_lo"], side["cross_hi"], n)))
+    return lists
 
 
 def ordered(blocks):
@@ -411,12 +395,8 @@ class GPT(nn.Module):
         assert T <= c.block_size, f"sequence of {T} tokens is longer than block_size {c.block_size}"
         assert len(sides) == len(c.streams), (
             f"model has {len(c.streams)} side streams, got {len(sides)}")
-        if self.attention != "flex" or not sides:
-            block_lists = [(None, None)] * len(sides)
-        elif all("cross_lists" in side for side in sides):  # built by the data loader: no break
-            block_lists = [(side.get("self_lists"), side["cross_lists"]) for side in sides]
-        else:
-            block_lists = stream_block_lists(sides, [st.recurrent for st in self.streams])
+        block_lists = (stream_block_lists(sides, [st.recurrent for st in self.streams])
+                       if self.attention == "flex" and sides else [(None, None)] * len(sides))
         read = [self.run_stream(s, side, tok_end, block_lists[s]) for s, side in enumerate(sides)]
         x = self.wte(idx)
         if self.training and self.drop_embeddings:
@@ -533,9 +513,8 @@ class GPT(nn.Module):
 def batch_inputs(batch, device):
     """Model inputs from a batch (data.collate), moved to `device`."""
     to = lambda t: t.to(device, non_blocking=True)
-    to_all = lambda v: tuple(map(to, v)) if isinstance(v, tuple) else to(v)  # block lists
     return dict(idx=to(batch["idx"]), targets=to(batch["targets"]), tok_end=to(batch["tok_end"]),
-                sides=[{k: to_all(v) for k, v in side.items()} for side in batch["sides"]])
+                sides=[{k: to(t) for k, t in side.items()} for side in batch["sides"]])
 
 
 def pick_device(device="auto"):

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from data import Corpus, DataError, budgets, collate, data_digest, make_batch, resegmented_window
-from model import GPT, GPTConfig, attach_block_lists, batch_inputs, pick_device
+from model import GPT, GPTConfig, batch_inputs, pick_device
 from tokenizers import Tokenizer
 
 DEFAULTS = dict(
@@ -68,8 +68,6 @@ DEFAULTS = dict(
     attention="auto",              # 'flex' (fused, GPU) or 'sdpa' (reference); 'auto': flex on CUDA
     pack="auto",                   # training packs side streams that have a packed_budget; 'auto':
                                    # with flex only (SDPA's dense masks grow with a row's square)
-    loader_block_lists=False,      # flex: training batches carry their block lists, built on the
-                                   # CPU in the loader's thread, not at the start of each step
     seed=1337,
 )
 MODEL_KEYS = ("tokenizer", "block_size", "n_layer", "n_head", "n_embd", "dropout", "streams")
@@ -371,11 +369,6 @@ def runtime(cfg):
     return device, device_type, dtype, use_compile, attention
 
 
-def loader_lists(cfg, attention):
-    """Whether training batches carry FlexAttention's block lists (only flex reads them)."""
-    return cfg["loader_block_lists"] and attention == "flex"
-
-
 def packs(cfg, attention):
     """Whether training packs side streams: the pack key, 'auto' settled as with flex attention only
     (a dense SDPA mask over a packed row of B * packed_budget elements grows with its square)."""
@@ -464,11 +457,10 @@ class Batches:
     resume is exact, and every process count sees the same global batch."""
 
     def __init__(self, corpus, T, main_tok, side_toks, streams, seed, pack=False, resegment=0.0,
-                 pin=False, block_lists=False):
+                 pin=False):
         self.corpus, self.T, self.main_tok, self.side_toks = corpus, T, main_tok, side_toks
         self.streams, self.seed, self.pack, self.resegment, self.pin = (
             streams, seed, pack, resegment, pin)
-        self.block_lists = block_lists  # FlexAttention's, built here (model.attach_block_lists)
         n = corpus.n_windows(T)
         self.n = n - 1 if n > 1 else n  # one window of room for the offsets
         self._order = (None, None, 0)
@@ -492,15 +484,12 @@ class Batches:
         stays exact)."""
         if not self.resegment:
             entries = [(self.corpus, p, None) for p in positions]
-            batch = make_batch(entries, self.side_toks, self.streams, self.T, self.pack,
-                               pin=self.pin)
-        else:
-            kept = budgets(self.side_toks, self.streams)
-            windows = [resegmented_window(self.corpus, p, self.T, self.main_tok, self.side_toks,
-                                          kept, self.resegment, f"{self.seed}:{p}")
-                       for p in positions]
-            batch = collate(windows, self.streams, self.pack, pin=self.pin)
-        return attach_block_lists(batch, self.streams, self.pin) if self.block_lists else batch
+            return make_batch(entries, self.side_toks, self.streams, self.T, self.pack,
+                              pin=self.pin)
+        kept = budgets(self.side_toks, self.streams)
+        windows = [resegmented_window(self.corpus, p, self.T, self.main_tok, self.side_toks, kept,
+                                      self.resegment, f"{self.seed}:{p}") for p in positions]
+        return collate(windows, self.streams, self.pack, pin=self.pin)
 
 
 def validation_windows(corpus, T, eval_tokens, rank, world, B):
@@ -613,8 +602,8 @@ def set_up(cfg, rt, ckpt):
     T, B = cfg["block_size"], cfg["batch_size"]
     run.train_batches = Batches(train_data, T, main_tok, side_toks, model_config.streams,
                                 cfg["seed"], pack=packs(cfg, rt.attention),
-                                resegment=cfg["resegment"], pin=rt.device_type == "cuda",
-                                block_lists=loader_lists(cfg, rt.attention))
+                                resegment=cfg["resegment"],
+                                pin=rt.device_type == "cuda")
     run.val_windows = validation_windows(val_data, T, cfg["eval_tokens"], rt.rank, rt.world, B)
     return run
 

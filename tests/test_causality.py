@@ -45,8 +45,10 @@ def canonical(toks, text):
     return toks["bpe300"].encode_any_bytes(text.encode())
 
 
-# a budget far below the window's bytes: what is kept must not depend on how long later tokens are
-CAUSAL_VARIANTS = dict(VARIANTS, tight_budget=[dict(BYTES, budget=64)])
+# a budget far below the window's bytes: what is kept must not depend on how long later tokens are;
+# every layer reading only its own token's bytes (config/gpt2_bytes_all_layers_local0.py)
+CAUSAL_VARIANTS = dict(VARIANTS, tight_budget=[dict(BYTES, budget=64)],
+                       all_layers_local0=[dict(BYTES, cross_layers="all", locality=0)])
 # side streams mixed by a recurrence instead of attention (mixer="recurrent")
 RECURRENT = dict(BYTES, mixer="recurrent")
 CAUSAL_VARIANTS.update(recurrent=[RECURRENT], recurrent_two_layers=[dict(RECURRENT, n_layer=2)],

@@ -6,8 +6,8 @@ import torch
 
 from conftest import HARD_DOCS, PLAIN
 from data import Corpus, make_batch
-from model import (GPT, GPTConfig, attach_block_lists, batch_inputs, interval_block_lists,
-                   interval_block_mask, norm, rope, stream_block_lists)
+from model import (GPT, GPTConfig, batch_inputs, interval_block_lists, interval_block_mask, norm, rope,
+                   stream_block_lists)
 
 
 def make(toks, main="bpe300", streams=(), T=64, n_layer=2, seed=0):
@@ -206,14 +206,13 @@ def varied_text(n_docs, seed=0):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("pack, lists", [(False, "step"), (True, "step"), (True, "loader")])
-def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, lists):
+@pytest.mark.parametrize("pack", [False, True])
+def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack):
     """On GPU, as train.py runs it: the model compiled once (train.compile_model), evaluated first
     under no_grad on a batch of other shapes (3 unpacked windows, reduction='none'), then trained on
-    8 windows of 512 tokens, packed or not, with the study's byte stream, its block lists built in
-    the step or carried by the batch (loader_block_lists). Forward and every gradient against eager
-    SDPA, in float32. (Block lists built by range arithmetic passed the small test above but gave
-    wrong gradients here: results/flex_gradient_bug/.)"""
+    8 windows of 512 tokens, packed or not, with the study's byte stream. Forward and every gradient
+    against eager SDPA, in float32. (Block lists built by range arithmetic passed the small test
+    above but gave wrong gradients here: results/flex_gradient_bug/.)"""
     import train
     torch._dynamo.reset()  # a fresh process, as train.py's
     # bpe400: about 3 bytes per token, so that a window fills about half its byte budget
@@ -225,8 +224,6 @@ def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, lists):
     assert (train_x["targets"] >= 0).all() and (eval_x["targets"] >= 0).all(), "need full windows"
     rows = (1, 8 * 2176) if pack else (8, 3072)
     assert train_x["sides"][0]["ids"].shape == rows and eval_x["sides"][0]["ids"].shape == (3, 3072)
-    if lists == "loader":
-        train_x = attach_block_lists(train_x, m.config.streams)
     train_x, eval_x = batch_inputs(train_x, "cuda"), batch_inputs(eval_x, "cuda")
     results = {}
     for path in ("flex", "sdpa"):  # compiled flex first, as in a fresh training process
@@ -386,38 +383,3 @@ def test_forward_compiles_to_one_graph_beside_eager_block_lists(toks, variant, m
             explained = torch._dynamo.explain(m)(**x)
         assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
         assert compiling == ([False] * masks if attention == "flex" else []), compiling
-    # lists that the data loader built: nothing is built in the step at all, and still one graph
-    m.attention = "flex"
-    x = attach_block_lists(batch_for(toks, m, TEXT, starts=(0, 37), pack=True), m.config.streams)
-    compiling.clear()
-    with torch.no_grad():
-        explained = torch._dynamo.explain(m)(**x)
-    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
-    assert compiling == [], compiling
-
-
-@pytest.mark.parametrize("streams", [VARIANTS["layer0"], VARIANTS["two_streams"],
-                                     [dict(BYTES, mixer="recurrent"), VARIANTS["two_streams"][1]]],
-                         ids=["layer0", "two_streams", "recurrent_and_bpe"])
-def test_loader_block_lists_are_the_steps_and_replace_them(toks, streams, monkeypatch):
-    """train.py's loader_block_lists: the lists a batch carries are those the forward pass would
-    build (per stream; none for a recurrent stream's own mixing), they survive batch_inputs, and
-    the forward pass uses them instead of building its own, with the same outputs."""
-    import model
-    m = make(toks, streams=packed(streams, 0.5), T=100)
-    m.attention = "flex"
-    randomize_cross(m)
-    x = batch_for(toks, m, TEXT, starts=(0, 37), pack=True)
-    built = stream_block_lists(x["sides"], [st.recurrent for st in m.streams])
-    with torch.no_grad():
-        ref = m(**dict(x, targets=None))[0]
-    x = batch_inputs(attach_block_lists(x, m.config.streams), "cpu")
-    for side, (own, cross) in zip(x["sides"], built):
-        assert all(torch.equal(a, b) for a, b in zip(side["cross_lists"], cross, strict=True))
-        if own is None:
-            assert "self_lists" not in side
-        else:
-            assert all(torch.equal(a, b) for a, b in zip(side["self_lists"], own, strict=True))
-    monkeypatch.setattr(model, "interval_block_lists", lambda *a: pytest.fail("lists built in the step"))
-    with torch.no_grad():
-        assert torch.equal(m(**dict(x, targets=None))[0], ref)

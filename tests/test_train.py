@@ -202,20 +202,3 @@ def test_only_flex_training_packs_side_streams(dataset, toks, tmp_path, attentio
     stream = cfg["streams"][0]
     rows = (1, B * stream["packed_budget"]) if flex else (B, stream["budget"])
     assert batch["sides"][0]["ids"].shape == rows
-    assert "cross_lists" not in batch["sides"][0], "lists are built in the step unless asked"
-
-
-@pytest.mark.parametrize("attention", ["sdpa", "flex"])
-def test_loader_block_lists_come_with_flex_training_batches(dataset, toks, tmp_path, attention):
-    """loader_block_lists=True: training batches carry their block lists under flex, which reads
-    them, and none under SDPA (which never does); resegmented batches too."""
-    cfg, _ = train.parse_config(args(dataset, toks, tmp_path / "run", attention=attention,
-                                     loader_block_lists=True, resegment=0.3))
-    train.validate(cfg)
-    run = train.set_up(cfg, train.start_runtime(cfg), None)
-    batch = run.train_batches.get(run.train_batches.positions(0, cfg["batch_size"]))
-    side = batch["sides"][0]
-    flex = attention == "flex"
-    assert ("cross_lists" in side) == flex and ("self_lists" in side) == flex
-    if flex:
-        assert len(side["cross_lists"]) == 8 and all(t.dtype == torch.int32 for t in side["cross_lists"])

@@ -1,0 +1,5 @@
+# config/gpt2_bytes.py with cross-attention in every main layer, each token reading only its own bytes
+# (k=0): every layer can consult the bytes, at a fraction of the keys of config/gpt2_bytes_all_layers.py.
+exec(open("config/gpt2_bytes.py").read())
+out_dir = "out-gpt2-bytes-all-layers-local0"
+streams = [dict(streams[0], cross_layers="all", locality=0)]
