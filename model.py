@@ -14,12 +14,14 @@ Both bounds are monotone in m, so each token reads one contiguous interval [lo_i
 elements. The data loader computes these intervals (data.visible_intervals, data.collate); the
 model only applies them. Two attention paths compute the same function: "flex" (GPU; FlexAttention
 with block masks whose block lists are built from the intervals eagerly, at the start of the
-forward pass, outside the compiled graph) and "sdpa" (CPU and tests; dense boolean
-masks from the same intervals). With no streams the model is a plain GPT: RMSNorm, rotary
-embeddings, QK-norm, ReLU^2 MLP, tied embeddings.
+forward pass, outside the compiled graph; with locality 0, where every element has at most one
+reader, cross-attention by gathers and scatter-adds over the elements instead) and "sdpa" (CPU and
+tests; dense boolean masks from the same intervals). With no streams the model is a plain GPT:
+RMSNorm, rotary embeddings, QK-norm, ReLU^2 MLP, tied embeddings.
 """
 import math
 from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -51,6 +53,8 @@ class StreamConfig:
                                     # "recurrent"
     aux_loss: float = 0.0           # >0: in training, add this weight x the stream's own
                                     # next-element loss (a head tied to its embedding)
+    shared_kv: bool = False         # True: the reading layers share one key/value projection of
+                                    # the stream, computed once (else one per layer)
 
 
 @dataclass
@@ -125,33 +129,65 @@ def apply_rope(x, cos, sin):
 
 
 def attend(q, k, v, mask):
-    """mask: 'causal', a BlockMask (fused FlexAttention) or a boolean tensor (SDPA; rows that see
-    nothing output zeros, as FlexAttention does)."""
+    """mask: 'causal', a BlockMask (fused FlexAttention), OwnElements (each query reads only its own
+    elements) or a boolean tensor (SDPA; rows that see nothing output zeros, as FlexAttention does)."""
     if isinstance(mask, str):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if isinstance(mask, BlockMask):
         return flex_attention(q, k, v, block_mask=mask)
+    if isinstance(mask, OwnElements):
+        return attend_own_elements(q, k, v, mask)
     sees_any = mask.any(-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~sees_any)
     return out * sees_any
 
 
+def attend_own_elements(q, k, v, own):
+    """Softmax attention of each query over its own few elements, computed per element (one score
+    each) and summed into queries by scatter-adds: no block of mostly masked scores, where a
+    FlexAttention block of 128 tokens spans ~480 bytes of which each token reads ~4. The same
+    function as the interval mask; queries that read nothing output zeros."""
+    R, H, Q, D = q.shape
+    acc = torch.promote_types(q.dtype, torch.float32)  # softmax and sums in float32 at least
+    idx = own.owner[:, None].expand(R, H, -1)
+    idx_d = idx[..., None].expand(-1, -1, -1, D)
+    scores = (q.gather(2, idx_d).to(acc) * k.to(acc)).sum(-1) * D ** -0.5
+    scores = torch.where(own.owned[:, None], scores, -math.inf)
+    # each query's largest score, subtracted for a stable exp (a constant: no gradient needed)
+    top = scores.new_full((R, H, Q), -math.inf).scatter_reduce(2, idx, scores.detach(), "amax")
+    # 0 where not owned (-inf - 0; a reader-less query's top is -inf, and -inf - -inf would be nan)
+    weight = (scores - torch.where(own.owned[:, None], top.gather(2, idx), 0.0)).exp()
+    total = weight.new_zeros(R, H, Q).scatter_add(2, idx, weight)
+    out = weight.new_zeros(R, H, Q, D).scatter_add(2, idx_d, weight[..., None] * v.to(acc))
+    return (out / total.clamp_min(1e-30)[..., None]).type_as(q)
+
+
+def heads(t, n_head):
+    """(rows, n, n_head * d) -> (rows, n_head, n, d)."""
+    return t.view(t.size(0), t.size(1), n_head, -1).transpose(1, 2)
+
+
+def keys_values(kv, source, n_head, k_rope):
+    """Keys (QK-norm, then rotary) and values of `source` by the projection kv, in heads."""
+    k, v = (heads(t, n_head) for t in kv(source).chunk(2, dim=-1))
+    return apply_rope(norm(k), *k_rope), v
+
+
 class Attention(nn.Module):
-    """Multi-head attention; queries from x, keys and values from `source` (x itself if None)."""
+    """Multi-head attention; queries from x, keys and values from `source` (x itself if None), or
+    given precomputed as `kv` (a projection shared by several layers: then kv_dim is None)."""
 
     def __init__(self, q_dim, kv_dim, inner, n_head):
         super().__init__()
         self.n_head = n_head
         self.q = nn.Linear(q_dim, inner, bias=False)
-        self.kv = nn.Linear(kv_dim, 2 * inner, bias=False)
+        self.kv = nn.Linear(kv_dim, 2 * inner, bias=False) if kv_dim else None
         self.proj = nn.Linear(inner, q_dim, bias=False)
 
-    def forward(self, x, source, q_rope, k_rope, mask):
+    def forward(self, x, source, q_rope, k_rope, mask, kv=None):
         B, T, _ = x.shape
-        heads = lambda t: t.view(B, t.size(1), self.n_head, -1).transpose(1, 2)
-        q = heads(self.q(x))
-        k, v = map(heads, self.kv(x if source is None else source).chunk(2, dim=-1))
-        q, k = apply_rope(norm(q), *q_rope), apply_rope(norm(k), *k_rope)  # QK-norm, then rotary
+        q = apply_rope(norm(heads(self.q(x), self.n_head)), *q_rope)  # QK-norm, then rotary
+        k, v = kv or keys_values(self.kv, x if source is None else source, self.n_head, k_rope)
         y = attend(q, k, v, mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -201,8 +237,10 @@ class Block(nn.Module):
         self.attn = Attention(dim, dim, dim, n_head) if mixer == "attention" else None
         self.recur = Recurrence(dim) if mixer == "recurrent" else None
         self.mlp = MLP(dim)
-        self.cross = nn.ModuleList(Attention(dim, width, width, heads) for _, width, heads in reads)
-        self.reads = [s for s, _, _ in reads]
+        # a stream whose key/value projection is shared (GPT.shared_kv) has none here
+        self.cross = nn.ModuleList(Attention(dim, None if shared else width, width, heads)
+                                   for _, width, heads, shared in reads)
+        self.reads = [s for s, *_ in reads]
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, rope_, mask, read=()):
@@ -213,10 +251,10 @@ class Block(nn.Module):
         else:
             x = x + self.drop(self.attn(norm(x), None, rope_, rope_, mask))
         for s, xattn in zip(self.reads, self.cross):
-            h, q_rope, k_rope, cross_mask = read[s]
+            h, q_rope, k_rope, cross_mask, kv = read[s]
             # a packed stream: all B*T tokens are one row
             q = norm(x).view(h.size(0), -1, x.size(-1))
-            x = x + self.drop(xattn(q, h, q_rope, k_rope, cross_mask).view_as(x))
+            x = x + self.drop(xattn(q, h, q_rope, k_rope, cross_mask, kv).view_as(x))
         return x + self.drop(self.mlp(norm(x)))
 
 
@@ -251,6 +289,22 @@ def interval_mask(lo, hi, kv_len, block_lists=None):
     return ((k >= lo[..., None]) & (k < hi[..., None]))[:, None]
 
 
+class OwnElements(NamedTuple):
+    """Who reads what when the queries' intervals are disjoint (locality 0): element m of row r is
+    read by query owner[r, m] alone, if owned[r, m], else by none."""
+    owner: torch.Tensor
+    owned: torch.Tensor
+
+
+def own_elements(lo, hi, kv_len):
+    """OwnElements for 'query q reads [lo[r, q], hi[r, q])' with disjoint intervals whose ends are
+    nondecreasing along q (locality 0): element m's reader is the first query ending past m, if
+    that query starts at or before m."""
+    m = torch.arange(kv_len, device=lo.device, dtype=hi.dtype).expand(lo.size(0), -1).contiguous()
+    owner = torch.searchsorted(hi.contiguous(), m, right=True).clamp_max(lo.size(1) - 1)
+    return OwnElements(owner, (lo.gather(1, owner) <= m) & (m < hi.gather(1, owner)))
+
+
 def pad_queries(t):
     """(rows, queries) padded to whole FlexAttention blocks by repeating the last query."""
     return torch.cat([t, t[:, -1:].expand(t.size(0), -t.size(1) % FLEX_BLOCK)], 1)
@@ -267,16 +321,18 @@ def interval_block_mask(lo, hi, kv_len, block_lists):
 
 
 @torch.compiler.disable
-def stream_block_lists(sides, recurrent):
-    """Per side stream, the block lists of its self-attention mask (None for a recurrent stream)
-    and of cross-attention into it, built eagerly in one call at the start of the forward pass:
-    one graph break, not one per mask. Compiled into the graph on an H200, two constructions of
-    these lists gave wrong gradients or illegal memory accesses; see results/flex_gradient_bug/."""
+def stream_block_lists(sides, needs):
+    """Per side stream, the block lists of its self-attention mask and of cross-attention into it
+    (None where `needs` says (self, cross) is not a BlockMask: a recurrent stream, locality 0), built
+    eagerly in one call at the start of the forward pass: one graph break, not one per mask.
+    Compiled into the graph on an H200, two constructions of these lists gave wrong gradients or
+    illegal memory accesses; see results/flex_gradient_bug/."""
     lists = []
-    for side, rec in zip(sides, recurrent):
+    for side, (own_mask, cross_mask) in zip(sides, needs):
         n = side["ids"].size(1)
-        own = None if rec else interval_block_lists(side["self_lo"], side["self_hi"], n)
-        lists.append((own, interval_block_lists(side["cross_lo"], side["cross_hi"], n)))
+        own = interval_block_lists(side["self_lo"], side["self_hi"], n) if own_mask else None
+        cross = interval_block_lists(side["cross_lo"], side["cross_hi"], n) if cross_mask else None
+        lists.append((own, cross))
     return lists
 
 
@@ -345,9 +401,12 @@ class GPT(nn.Module):
         # padded ids are never inputs or targets
         self.wte = nn.Embedding(padded(c.vocab_size), c.n_embd)
         self.streams = nn.ModuleList(StreamGPT(sc, c.dropout) for sc in c.streams)
-        reads = [[(s, sc.n_embd, sc.n_head)
+        reads = [[(s, sc.n_embd, sc.n_head, sc.shared_kv)
                   for s, sc in enumerate(c.streams) if l in sc.cross_layers]
                  for l in range(c.n_layer)]
+        # per stream with shared_kv, the one key/value projection that all its reading layers use
+        self.shared_kv = nn.ModuleDict({str(s): nn.Linear(sc.n_embd, 2 * sc.n_embd, bias=False)
+                                        for s, sc in enumerate(c.streams) if sc.shared_kv})
         self.blocks = nn.ModuleList(Block(c.n_embd, c.n_head, c.dropout, reads[l])
                                     for l in range(c.n_layer))
         self.lm_head = nn.Linear(c.n_embd, padded(c.vocab_size), bias=False)
@@ -395,7 +454,8 @@ class GPT(nn.Module):
         assert T <= c.block_size, f"sequence of {T} tokens is longer than block_size {c.block_size}"
         assert len(sides) == len(c.streams), (
             f"model has {len(c.streams)} side streams, got {len(sides)}")
-        block_lists = (stream_block_lists(sides, [st.recurrent for st in self.streams])
+        needs = [(not st.recurrent, not self.reads_own_elements(s)) for s, st in enumerate(self.streams)]
+        block_lists = (stream_block_lists(sides, needs)
                        if self.attention == "flex" and sides else [(None, None)] * len(sides))
         read = [self.run_stream(s, side, tok_end, block_lists[s]) for s, side in enumerate(sides)]
         x = self.wte(idx)
@@ -427,7 +487,8 @@ class GPT(nn.Module):
 
     def run_stream(self, s, side, tok_end, block_lists):
         """Side stream s over its elements; returns what cross-attention into it needs: the stream's
-        states, rotary phases of queries (token ends) and keys (element ends), and the mask.
+        states, rotary phases of queries (token ends) and keys (element ends), the mask, and with
+        shared_kv the keys and values (else None: each layer projects its own).
         block_lists: FlexAttention's for (self-attention, cross-attention), or Nones for SDPA."""
         ids, (own_lists, cross_lists) = side["ids"], block_lists
         own_rope = gather_rope(getattr(self, f"stream_rope{s}"), side["pos"])
@@ -438,8 +499,21 @@ class GPT(nn.Module):
         h = self.streams[s](ids, own_rope, own_mask)
         offsets = getattr(self, f"cross_rope{s}")
         q_rope = gather_rope(offsets, tok_end.reshape(ids.size(0), -1))
-        return (h, q_rope, gather_rope(offsets, side["end"]),
-                interval_mask(side["cross_lo"], side["cross_hi"], ids.size(1), cross_lists))
+        lo, hi = side["cross_lo"], side["cross_hi"]
+        if self.reads_own_elements(s):
+            cross_mask = own_elements(lo, hi, ids.size(1))
+        else:
+            cross_mask = interval_mask(lo, hi, ids.size(1), cross_lists)
+        k_rope = gather_rope(offsets, side["end"])
+        kv = None
+        if str(s) in self.shared_kv:  # keys and values once for every reading layer
+            kv = keys_values(self.shared_kv[str(s)], h, self.config.streams[s].n_head, k_rope)
+        return h, q_rope, k_rope, cross_mask, kv
+
+    def reads_own_elements(self, s):
+        """Whether cross-attention into stream s runs by gathers over its elements (flex path,
+        locality 0: each token reads only its own elements) rather than as a block mask."""
+        return self.attention == "flex" and self.config.streams[s].locality == 0
 
     # --------------------------------------------------------------------------------------------
     # accounting
@@ -459,6 +533,8 @@ class GPT(nn.Module):
                 block = self.blocks[int(name.split(".")[1])]
                 s = block.reads[int(name.split(".")[3])]
                 counts[f"cross:{self.config.streams[s].tokenizer}"] += p.numel()
+            elif name.startswith("shared_kv."):
+                counts[f"cross:{self.config.streams[int(name.split('.')[1])].tokenizer}"] += p.numel()
             elif name.startswith("blocks."):
                 counts["main"] += p.numel()
         counts["total"] = sum(p.numel() for p in self.parameters())
@@ -490,9 +566,10 @@ class GPT(nn.Module):
             # a recurrence costs its weights alone (in stream_params): no attention term
             attention = 12 * sc.n_layer * sc.n_embd * self_keys if sc.mixer == "attention" else 0
             flops += per_token * (6 * stream_params + attention)
+            kv_projections = 1 if sc.shared_kv else len(sc.cross_layers)
+            flops += kv_projections * per_token * 6 * 2 * sc.n_embd * sc.n_embd  # keys and values
             for _ in sc.cross_layers:
                 flops += 6 * 2 * c.n_embd * sc.n_embd               # query and output projections
-                flops += per_token * 6 * 2 * sc.n_embd * sc.n_embd  # key and value projections
                 flops += 12 * sc.n_embd * keys
         return flops
 
@@ -500,7 +577,7 @@ class GPT(nn.Module):
         """AdamW; matrices decay, vectors do not. With branch_lr_scale != 1, the side streams and
         cross-attention get their own groups, whose `lr_scale` train.py applies to the schedule."""
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        in_branch = lambda n: n.startswith("streams.") or ".cross." in n
+        in_branch = lambda n: n.startswith(("streams.", "shared_kv.")) or ".cross." in n
         parts = [(lambda n: True, 1.0)] if branch_lr_scale == 1.0 else [
             (lambda n: not in_branch(n), 1.0), (in_branch, branch_lr_scale)]
         groups = [{"params": [p for n, p in named if part(n) and (p.dim() >= 2) == matrix],

@@ -46,11 +46,12 @@ def canonical(toks, text):
 
 
 # a budget far below the window's bytes: what is kept must not depend on how long later tokens are;
-# every layer reading only its own token's bytes (config/gpt2_bytes_all_layers_local0.py); some layers
-# above 0 doing so (config/gpt2_bytes_every3_local0.py)
+# every layer reading only its own token's bytes (config/gpt2_bytes_all_layers_local0.py), with one
+# key/value projection for all (..._shared_kv.py); some layers above 0 doing so (..._every3_local0.py)
 CAUSAL_VARIANTS = dict(VARIANTS, tight_budget=[dict(BYTES, budget=64)],
                        all_layers_local0=[dict(BYTES, cross_layers="all", locality=0)],
-                       upper_layer_local0=[dict(BYTES, cross_layers=[1], locality=0)])
+                       upper_layer_local0=[dict(BYTES, cross_layers=[1], locality=0)],
+                       all_layers_local0_shared_kv=[dict(BYTES, cross_layers="all", locality=0, shared_kv=True)])
 # side streams mixed by a recurrence instead of attention (mixer="recurrent")
 RECURRENT = dict(BYTES, mixer="recurrent")
 CAUSAL_VARIANTS.update(recurrent=[RECURRENT], recurrent_two_layers=[dict(RECURRENT, n_layer=2)],
@@ -98,7 +99,8 @@ def test_side_tokens_ending_inside_the_past_can_depend_on_the_future(toks):
 
 @pytest.mark.parametrize("attention", ["sdpa", "flex"])
 @pytest.mark.parametrize("variant", ["layer0", "all_layers", "local0", "local2", "two_streams", "recurrent",
-                                     "recurrent_two_layers", "recurrent_local0", "upper_layer_local0"])
+                                     "recurrent_two_layers", "recurrent_local0", "upper_layer_local0",
+                                     "shared_kv"])
 def test_own_bytes_change_own_output(toks, variant, attention):
     """Changing the bytes of token i (not its id) changes output i and nothing before it."""
     m = build(toks, CAUSAL_VARIANTS[variant], attention=attention)

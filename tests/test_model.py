@@ -6,8 +6,8 @@ import torch
 
 from conftest import HARD_DOCS, PLAIN
 from data import Corpus, make_batch
-from model import (GPT, GPTConfig, batch_inputs, interval_block_lists, interval_block_mask, norm, rope,
-                   stream_block_lists)
+from model import (GPT, GPTConfig, attend, batch_inputs, interval_block_lists, interval_block_mask,
+                   interval_mask, norm, own_elements, rope, stream_block_lists)
 
 
 def make(toks, main="bpe300", streams=(), T=64, n_layer=2, seed=0):
@@ -21,7 +21,7 @@ def randomize_cross(model, std=0.2):
     """Cross-attention starts as a no-op (zero output projection); give it weight so that it matters."""
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if ".cross." in name:
+            if ".cross." in name or name.startswith("shared_kv."):
                 p.normal_(0, std)
 
 
@@ -44,6 +44,7 @@ VARIANTS = {
     "overflow": [dict(BYTES, budget=128)],  # fewer bytes than the window's tokens hold
     "bpe_side": [dict(BYTES, tokenizer="bpe400", budget=128)],
     "two_streams": [BYTES, dict(BYTES, tokenizer="bpe400", budget=128, cross_layers=[1], locality=1)],
+    "shared_kv": [dict(BYTES, cross_layers="all", shared_kv=True)],  # one key/value projection, 2 layers
 }
 
 
@@ -162,6 +163,22 @@ def test_packing_changes_nothing_but_the_cut_tokens(toks, variant, attention):
             assert torch.allclose(ref[kept], out[kept], atol=2e-5), (ref[kept] - out[kept]).abs().max()
 
 
+def test_shared_kv_projects_keys_and_values_once(toks):
+    """shared_kv: the reading layers keep their own query and output projections but no key/value
+    projection; the stream's one projection is counted as its cross-attention, in parameters and
+    FLOPs, and trains with the branch."""
+    own, shared = (make(toks, streams=[dict(BYTES, cross_layers="all", shared_kv=flag)]) for flag in (False, True))
+    assert all(c.kv is None for b in shared.blocks for c in b.cross) and len(shared.shared_kv) == 1
+    kv = 2 * BYTES["n_embd"] ** 2
+    assert own.param_counts()["cross:bytes"] - shared.param_counts()["cross:bytes"] == (len(own.blocks) - 1) * kv
+    assert own.param_counts()["total"] - shared.param_counts()["total"] == (len(own.blocks) - 1) * kv
+    per_token = BYTES["budget"] / own.config.block_size
+    assert own.flops_per_token() - shared.flops_per_token() == pytest.approx((len(own.blocks) - 1) * 6 * kv * per_token)
+    groups = shared.configure_optimizer(0.1, 1e-3, (0.9, 0.95), "cpu", branch_lr_scale=2.0).param_groups
+    branch = {id(p) for g in groups if g["lr_scale"] == 2.0 for p in g["params"]}
+    assert id(shared.shared_kv["0"].weight) in branch
+
+
 def test_param_counts_and_flops(toks):
     m = make(toks, streams=VARIANTS["two_streams"])
     counts = m.param_counts()
@@ -172,7 +189,7 @@ def test_param_counts_and_flops(toks):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("pack", [False, True])
-@pytest.mark.parametrize("variant", ["local0", "local2", "overflow", "two_streams"])
+@pytest.mark.parametrize("variant", ["local0", "local2", "overflow", "two_streams", "shared_kv"])
 def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack):
     """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.6) if pack else VARIANTS[variant], T=256).cuda().train()
@@ -207,16 +224,19 @@ def varied_text(n_docs, seed=0):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("pack", [False, True])
-def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack):
+@pytest.mark.parametrize("stream", [{}, dict(cross_layers="all", locality=0, shared_kv=True)],
+                         ids=["layer0", "all_layers_local0_shared_kv"])
+def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream):
     """On GPU, as train.py runs it: the model compiled once (train.compile_model), evaluated first
     under no_grad on a batch of other shapes (3 unpacked windows, reduction='none'), then trained on
-    8 windows of 512 tokens, packed or not, with the study's byte stream. Forward and every gradient
-    against eager SDPA, in float32. (Block lists built by range arithmetic passed the small test
+    8 windows of 512 tokens, packed or not, with the study's byte stream (read by layer 0, or by
+    every layer, each token its own bytes, through one shared key/value projection). Forward and
+    every gradient against eager SDPA, in float32. (Block lists built by range arithmetic passed the small test
     above but gave wrong gradients here: results/flex_gradient_bug/.)"""
     import train
     torch._dynamo.reset()  # a fresh process, as train.py's
     # bpe400: about 3 bytes per token, so that a window fills about half its byte budget
-    m = make(toks, main="bpe400", streams=[WIDE_BYTES], T=512).cuda()
+    m = make(toks, main="bpe400", streams=[dict(WIDE_BYTES, **stream)], T=512).cuda()
     randomize_cross(m)
     text = varied_text(80)
     train_x = batch_for(toks, m, text, starts=range(0, 8 * 512, 512), pack=pack)
@@ -282,6 +302,54 @@ def random_intervals(R, Q, L, seed):
     hi = (lo + torch.randint(-50, 600, (R, Q), generator=g)).clamp(0, L)
     hi = torch.maximum(torch.cummax(hi, 1).values, lo)
     return lo.int(), hi.int()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_own_elements_attention_is_the_interval_rule(seed):
+    """Locality 0 on the flex path: attention by gathers and scatter-adds over each query's own
+    elements equals dense SDPA under the same disjoint intervals, in values and gradients; queries
+    with no element (padding, a cut) give zeros and elements that no query reads get no gradient."""
+    g = torch.Generator().manual_seed(seed)
+    R, Q, L, H, D = 2, 60, 200, 2, 8
+    lengths = torch.randint(0, 6, (R, Q), generator=g) * (torch.rand(R, Q, generator=g) > 0.2)
+    gaps = torch.randint(0, 3, (R, Q), generator=g)  # elements no query reads, between queries
+    hi = (lengths + gaps).cumsum(1).clamp(max=L - 5)
+    lo = (hi - lengths).clamp(min=0)
+    lo[:, 0] = hi[:, 0] = 0
+    assert (hi > lo).sum() > Q and (hi == lo).sum() > 5 and hi[:, -1].max() < L, "need a mix"
+    own = own_elements(lo, hi, L)
+    assert own.owned.sum() == (hi - lo).sum()
+    qkv = [torch.randn(R, H, n, D, generator=g, dtype=torch.float64, requires_grad=True) for n in (Q, L, L)]
+    out = attend(*qkv, own)
+    ref = attend(*qkv, interval_mask(lo, hi, L))
+    assert torch.allclose(out, ref, atol=1e-10) and (out[(hi == lo)[:, None].expand(R, H, Q)] == 0).all()
+    w = torch.randn(R, H, Q, D, generator=g, dtype=torch.float64)
+    grads = [torch.autograd.grad((o * w).sum(), qkv) for o in (out, ref)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-10), (a - b).abs().max()
+    assert (grads[0][2].abs().sum((1, 3)) > 0).eq(own.owned).all(), "values read by no query get no gradient"
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_own_elements_path_trains_like_sdpa(toks, pack):
+    """A recurrent byte stream read with locality 0 uses no FlexAttention at all on the flex path, so
+    its gradients can be checked on the CPU: loss and every gradient equal the SDPA path's."""
+    streams = [dict(BYTES, mixer="recurrent", locality=0, cross_layers="all")]
+    m = make(toks, streams=packed(streams, 0.6) if pack else streams, T=100).train()
+    randomize_cross(m)
+    x = batch_for(toks, m, TEXT, starts=spread_starts(toks), pack=pack)
+    grads = {}
+    for path in ("sdpa", "flex"):
+        m.attention = path
+        assert m.reads_own_elements(0) == (path == "flex")
+        m.zero_grad()
+        loss = m(**x)[1]
+        loss.backward()
+        grads[path] = loss.detach(), [p.grad.clone() for p in m.parameters()]
+    (l0, g0), (l1, g1) = grads["sdpa"], grads["flex"]
+    assert torch.allclose(l0, l1, atol=1e-6)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -359,22 +427,23 @@ def test_block_lists_take_few_operations():
     side = dict(ids=torch.zeros(1, L, dtype=torch.long), self_lo=torch.maximum(j - 255, j // 512 * 512)[None].int(),
                 self_hi=(j + 1)[None].int(), cross_lo=lo, cross_hi=hi)
     with Count():
-        stream_block_lists([side], [False])
+        stream_block_lists([side], [(True, True)])
     assert 0 < Count.n <= 130, Count.n
 
 
-@pytest.mark.parametrize("variant", ["layer0", "local2", "two_streams"])
+@pytest.mark.parametrize("variant", ["layer0", "local0", "local2", "two_streams"])
 def test_forward_compiles_to_one_graph_beside_eager_block_lists(toks, variant, monkeypatch):
     """Masks from loader intervals: the forward pass traces as one graph, flex masks included,
     while every mask's block lists are built eagerly, outside it (model.stream_block_lists, at
-    the start of the forward pass), packed or not. SDPA (dense masks) traces whole too."""
+    the start of the forward pass), packed or not; locality 0's cross-attention needs none. SDPA
+    (dense masks) traces whole too."""
     import model
     compiling = []
     lists = model.interval_block_lists
     monkeypatch.setattr(model, "interval_block_lists",
                         lambda *a: compiling.append(torch.compiler.is_compiling()) or lists(*a))
     m = make(toks, streams=packed(VARIANTS[variant], 0.5), T=100)
-    masks = sum(1 + (s.mixer != "recurrent") for s in m.config.streams)
+    masks = sum((s.mixer != "recurrent") + (s.locality != 0) for s in m.config.streams)
     for attention, pack in (("flex", False), ("flex", True), ("sdpa", False)):
         m.attention = attention
         x = batch_for(toks, m, TEXT, starts=(0, 37), pack=pack)
