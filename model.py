@@ -55,6 +55,8 @@ class StreamConfig:
                                     # next-element loss (a head tied to its embedding)
     shared_kv: bool = False         # True: the reading layers share one key/value projection of
                                     # the stream, computed once (else one per layer)
+    parallel: bool = False          # True: cross-attention beside the layer's self-attention (one
+                                    # normed input, fused projections), not after it
 
 
 @dataclass
@@ -185,11 +187,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(inner, q_dim, bias=False)
 
     def forward(self, x, source, q_rope, k_rope, mask, kv=None):
-        B, T, _ = x.shape
-        q = apply_rope(norm(heads(self.q(x), self.n_head)), *q_rope)  # QK-norm, then rotary
-        k, v = kv or keys_values(self.kv, x if source is None else source, self.n_head, k_rope)
-        y = attend(q, k, v, mask)
-        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.proj(self.attend_with(self.q(x), x if source is None else source, q_rope, k_rope,
+                                          mask, kv))
+
+    def attend_with(self, q, source, q_rope, k_rope, mask, kv=None):
+        """The heads' outputs (rows, n, inner), before the output projection, for queries already
+        projected (q: rows, n, inner)."""
+        R, T, _ = q.shape
+        q = apply_rope(norm(heads(q, self.n_head)), *q_rope)  # QK-norm, then rotary
+        k, v = kv or keys_values(self.kv, source, self.n_head, k_rope)
+        return attend(q, k, v, mask).transpose(1, 2).reshape(R, T, -1)
 
 
 class MLP(nn.Module):
@@ -228,9 +235,9 @@ class Recurrence(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block; `reads` lists (stream index, width, heads) for cross-attention.
-    A side stream's block may mix its elements by a recurrence instead of self-attention
-    (mixer="recurrent")."""
+    """Pre-norm transformer block; `reads` lists (stream index, width, heads, shared_kv, parallel)
+    for cross-attention. A side stream's block may mix its elements by a recurrence instead of
+    self-attention (mixer="recurrent")."""
 
     def __init__(self, dim, n_head, dropout, reads=(), mixer="attention"):
         super().__init__()
@@ -239,23 +246,44 @@ class Block(nn.Module):
         self.mlp = MLP(dim)
         # a stream whose key/value projection is shared (GPT.shared_kv) has none here
         self.cross = nn.ModuleList(Attention(dim, None if shared else width, width, heads)
-                                   for _, width, heads, shared in reads)
+                                   for _, width, heads, shared, _ in reads)
         self.reads = [s for s, *_ in reads]
+        self.parallel = [parallel for *_, parallel in reads]
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, rope_, mask, read=()):
-        """read: per side stream, (states, query rope, key rope, mask) from GPT.run_stream.
-        A recurrent block's mask is its reset mask (rows, elements)."""
+        """read: per side stream, (states, query rope, key rope, mask, shared keys and values) from
+        GPT.run_stream. A recurrent block's mask is its reset mask (rows, elements)."""
         if self.recur is not None:
             x = x + self.drop(self.recur(norm(x), mask))
+        elif any(self.parallel):
+            x = x + self.drop(self.attention_beside_cross(norm(x), rope_, mask, read))
         else:
             x = x + self.drop(self.attn(norm(x), None, rope_, rope_, mask))
-        for s, xattn in zip(self.reads, self.cross):
+        for s, xattn, parallel in zip(self.reads, self.cross, self.parallel):
+            if parallel:
+                continue
             h, q_rope, k_rope, cross_mask, kv = read[s]
             # a packed stream: all B*T tokens are one row
             q = norm(x).view(h.size(0), -1, x.size(-1))
             x = x + self.drop(xattn(q, h, q_rope, k_rope, cross_mask, kv).view_as(x))
         return x + self.drop(self.mlp(norm(x)))
+
+    def attention_beside_cross(self, x, rope_, mask, read):
+        """Self-attention and the parallel cross-attentions on one normed input x: their query
+        projections run as one matmul, their output projections as another (the weights
+        concatenated: the parameters are those of separate projections)."""
+        B, T, _ = x.shape
+        cross = [(s, c) for s, c, parallel in zip(self.reads, self.cross, self.parallel) if parallel]
+        mods = [self.attn] + [c for _, c in cross]
+        q_all = F.linear(x, torch.cat([m.q.weight for m in mods]))
+        qs = q_all.split([m.q.out_features for m in mods], dim=-1)
+        ys = [self.attn.attend_with(qs[0], x, rope_, rope_, mask)]
+        for (s, xattn), q in zip(cross, qs[1:]):
+            h, q_rope, k_rope, cross_mask, kv = read[s]
+            q = q.reshape(h.size(0), -1, q.size(-1))  # a packed stream: all B*T tokens are one row
+            ys.append(xattn.attend_with(q, h, q_rope, k_rope, cross_mask, kv).reshape(B, T, -1))
+        return F.linear(torch.cat(ys, dim=-1), torch.cat([m.proj.weight for m in mods], dim=1))
 
 
 class StreamGPT(nn.Module):
@@ -401,7 +429,7 @@ class GPT(nn.Module):
         # padded ids are never inputs or targets
         self.wte = nn.Embedding(padded(c.vocab_size), c.n_embd)
         self.streams = nn.ModuleList(StreamGPT(sc, c.dropout) for sc in c.streams)
-        reads = [[(s, sc.n_embd, sc.n_head, sc.shared_kv)
+        reads = [[(s, sc.n_embd, sc.n_head, sc.shared_kv, sc.parallel)
                   for s, sc in enumerate(c.streams) if l in sc.cross_layers]
                  for l in range(c.n_layer)]
         # per stream with shared_kv, the one key/value projection that all its reading layers use

@@ -100,7 +100,7 @@ def test_side_tokens_ending_inside_the_past_can_depend_on_the_future(toks):
 @pytest.mark.parametrize("attention", ["sdpa", "flex"])
 @pytest.mark.parametrize("variant", ["layer0", "all_layers", "local0", "local2", "two_streams", "recurrent",
                                      "recurrent_two_layers", "recurrent_local0", "upper_layer_local0",
-                                     "shared_kv"])
+                                     "shared_kv", "parallel"])
 def test_own_bytes_change_own_output(toks, variant, attention):
     """Changing the bytes of token i (not its id) changes output i and nothing before it."""
     m = build(toks, CAUSAL_VARIANTS[variant], attention=attention)

@@ -45,6 +45,8 @@ VARIANTS = {
     "bpe_side": [dict(BYTES, tokenizer="bpe400", budget=128)],
     "two_streams": [BYTES, dict(BYTES, tokenizer="bpe400", budget=128, cross_layers=[1], locality=1)],
     "shared_kv": [dict(BYTES, cross_layers="all", shared_kv=True)],  # one key/value projection, 2 layers
+    "parallel": [dict(BYTES, cross_layers=[1], parallel=True),  # beside self-attention, and after it
+                 dict(BYTES, tokenizer="bpe400", budget=128, cross_layers="all", locality=0)],
 }
 
 
@@ -179,6 +181,23 @@ def test_shared_kv_projects_keys_and_values_once(toks):
     assert id(shared.shared_kv["0"].weight) in branch
 
 
+def test_parallel_cross_attention_has_the_same_parameters_and_another_function(toks):
+    """parallel: the same parameters as cross-attention after self-attention (a checkpoint of one
+    loads into the other), the plain GPT at initialisation, and, once trained, a different function
+    (the cross-attention reads the layer's input, not self-attention's output)."""
+    seq, par = (make(toks, streams=[dict(BYTES, cross_layers="all", parallel=flag)]) for flag in (False, True))
+    assert {k: v.shape for k, v in seq.state_dict().items()} == {k: v.shape for k, v in par.state_dict().items()}
+    base = make(toks)
+    par.load_state_dict(base.state_dict(), strict=False)  # the main weights; cross-attention adds 0
+    x = batch_for(toks, seq, TEXT)
+    with torch.no_grad():
+        plain = base(**{k: v for k, v in x.items() if k != "sides"})[0]
+        assert torch.allclose(par(**x)[0], plain, atol=1e-5)
+        randomize_cross(seq)
+        par.load_state_dict(seq.state_dict())
+        assert not torch.allclose(par(**x)[0], seq(**x)[0], atol=1e-3)
+
+
 def test_param_counts_and_flops(toks):
     m = make(toks, streams=VARIANTS["two_streams"])
     counts = m.param_counts()
@@ -189,7 +208,7 @@ def test_param_counts_and_flops(toks):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("pack", [False, True])
-@pytest.mark.parametrize("variant", ["local0", "local2", "overflow", "two_streams", "shared_kv"])
+@pytest.mark.parametrize("variant", ["local0", "local2", "overflow", "two_streams", "shared_kv", "parallel"])
 def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack):
     """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.6) if pack else VARIANTS[variant], T=256).cuda().train()
@@ -224,14 +243,14 @@ def varied_text(n_docs, seed=0):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("pack", [False, True])
-@pytest.mark.parametrize("stream", [{}, dict(cross_layers="all", locality=0, shared_kv=True)],
-                         ids=["layer0", "all_layers_local0_shared_kv"])
+@pytest.mark.parametrize("stream", [{}, dict(cross_layers="all", locality=0, shared_kv=True, parallel=True)],
+                         ids=["layer0", "all_layers_local0_shared_kv_parallel"])
 def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream):
     """On GPU, as train.py runs it: the model compiled once (train.compile_model), evaluated first
     under no_grad on a batch of other shapes (3 unpacked windows, reduction='none'), then trained on
     8 windows of 512 tokens, packed or not, with the study's byte stream (read by layer 0, or by
-    every layer, each token its own bytes, through one shared key/value projection). Forward and
-    every gradient against eager SDPA, in float32. (Block lists built by range arithmetic passed the small test
+    every layer beside its self-attention, each token its own bytes, through one shared key/value
+    projection). Forward and every gradient against eager SDPA, in float32. (Block lists built by range arithmetic passed the small test
     above but gave wrong gradients here: results/flex_gradient_bug/.)"""
     import train
     torch._dynamo.reset()  # a fresh process, as train.py's
