@@ -43,8 +43,8 @@ DEFAULTS = dict(
     # model (see model.py); the default is GPT-2 with a byte branch read by main layer 0
     tokenizer="gpt2",
     block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
-    streams=[dict(tokenizer="bytes", n_layer=2, n_head=4, n_embd=256, window=256, budget=6144,
-                  packed_budget=4096, cross_layers=[0], locality=None)],
+    streams=[dict(tokenizer="bytes", n_layer=2, n_head=2, n_embd=128, window=256, budget=6144,
+                  packed_budget=4096, cross_layers=[0], locality=None)],  # as config/gpt2_bytes.py
     # optimization
     batch_size=16,                 # windows per micro-step per process
     total_batch_size=16 * 1024,    # tokens per optimizer step, over all processes and micro-steps
