@@ -56,7 +56,7 @@ class StreamConfig:
     shared_kv: bool = False         # True: the reading layers share one key/value projection of
                                     # the stream, computed once (else one per layer)
     parallel: bool = False          # True: cross-attention beside the layer's self-attention (one
-                                    # normed input, fused projections), not after it
+                                    # normed input, fused query projections), not after it
 
 
 @dataclass
@@ -186,17 +186,13 @@ class Attention(nn.Module):
         self.kv = nn.Linear(kv_dim, 2 * inner, bias=False) if kv_dim else None
         self.proj = nn.Linear(inner, q_dim, bias=False)
 
-    def forward(self, x, source, q_rope, k_rope, mask, kv=None):
-        return self.proj(self.attend_with(self.q(x), x if source is None else source, q_rope, k_rope,
-                                          mask, kv))
-
-    def attend_with(self, q, source, q_rope, k_rope, mask, kv=None):
-        """The heads' outputs (rows, n, inner), before the output projection, for queries already
-        projected (q: rows, n, inner)."""
+    def forward(self, x, source, q_rope, k_rope, mask, kv=None, q=None):
+        """q: the queries already projected (rows, n, inner), in place of self.q(x)."""
+        q = self.q(x) if q is None else q
         R, T, _ = q.shape
         q = apply_rope(norm(heads(q, self.n_head)), *q_rope)  # QK-norm, then rotary
-        k, v = kv or keys_values(self.kv, source, self.n_head, k_rope)
-        return attend(q, k, v, mask).transpose(1, 2).reshape(R, T, -1)
+        k, v = kv or keys_values(self.kv, x if source is None else source, self.n_head, k_rope)
+        return self.proj(attend(q, k, v, mask).transpose(1, 2).reshape(R, T, -1))
 
 
 class MLP(nn.Module):
@@ -270,20 +266,21 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(norm(x)))
 
     def attention_beside_cross(self, x, rope_, mask, read):
-        """Self-attention and the parallel cross-attentions on one normed input x: their query
-        projections run as one matmul, their output projections as another (the weights
-        concatenated: the parameters are those of separate projections)."""
+        """Self-attention and the parallel cross-attentions on one normed input x, summed: their
+        query projections run as one matmul (the weights concatenated: the parameters are those of
+        separate projections). Each cross-attention is still called as a module, so that hooks
+        see what it adds (evaluate.py zeroes it there)."""
         B, T, _ = x.shape
         cross = [(s, c) for s, c, parallel in zip(self.reads, self.cross, self.parallel) if parallel]
         mods = [self.attn] + [c for _, c in cross]
-        q_all = F.linear(x, torch.cat([m.q.weight for m in mods]))
-        qs = q_all.split([m.q.out_features for m in mods], dim=-1)
-        ys = [self.attn.attend_with(qs[0], x, rope_, rope_, mask)]
+        qs = F.linear(x, torch.cat([m.q.weight for m in mods])).split(
+            [m.q.out_features for m in mods], dim=-1)
+        y = self.attn(x, None, rope_, rope_, mask, q=qs[0])
         for (s, xattn), q in zip(cross, qs[1:]):
             h, q_rope, k_rope, cross_mask, kv = read[s]
             q = q.reshape(h.size(0), -1, q.size(-1))  # a packed stream: all B*T tokens are one row
-            ys.append(xattn.attend_with(q, h, q_rope, k_rope, cross_mask, kv).reshape(B, T, -1))
-        return F.linear(torch.cat(ys, dim=-1), torch.cat([m.proj.weight for m in mods], dim=1))
+            y = y + xattn(None, h, q_rope, k_rope, cross_mask, kv, q=q).view_as(y)
+        return y
 
 
 class StreamGPT(nn.Module):

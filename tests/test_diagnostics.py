@@ -5,6 +5,7 @@ import json
 import math
 import os
 
+import pytest
 import torch
 
 import evaluate
@@ -14,13 +15,14 @@ from model import GPT, GPTConfig
 from test_evaluate import TEXT, WORDS, save_checkpoint, tiny_model
 
 
-def two_stream_model(toks):
-    """Bytes read by layer 0, a BPE side stream read by layers 0 and 1; cross-attention given weight."""
+def two_stream_model(toks, parallel=False):
+    """Bytes read by layer 0, a BPE side stream read by layers 0 and 1 (with parallel=True beside their
+    self-attention); cross-attention given weight."""
     torch.manual_seed(0)
     streams = [dict(tokenizer="bytes", vocab_size=256, n_layer=1, n_head=2, n_embd=32, window=16, budget=256,
                     cross_layers=[0]),
                dict(tokenizer=toks["bpe400"].spec, vocab_size=toks["bpe400"].vocab_size, n_layer=1, n_head=2,
-                    n_embd=32, window=16, budget=64, cross_layers=[0, 1])]
+                    n_embd=32, window=16, budget=64, cross_layers=[0, 1], parallel=parallel)]
     model = GPT(GPTConfig(tokenizer=toks["bpe300"].spec, vocab_size=toks["bpe300"].vocab_size, block_size=24,
                           n_layer=2, n_head=2, n_embd=32, streams=streams)).eval()
     with torch.no_grad():
@@ -48,8 +50,9 @@ def logits(model, scorer, text):
         return model(**inputs)[0]
 
 
-def test_branch_hooks_zero_exactly_one_stream_and_measure_its_norm(toks):
-    model = two_stream_model(toks)
+@pytest.mark.parametrize("parallel", [False, True])
+def test_branch_hooks_zero_exactly_one_stream_and_measure_its_norm(toks, parallel):
+    model = two_stream_model(toks, parallel)
     side_toks = [toks["bytes"], toks["bpe400"]]
     scorer = evaluate.Scorer(model, toks["bpe300"], side_toks, "cpu", batch_tokens=200)
     before = logits(model, scorer, PLAIN[:30])
