@@ -250,8 +250,9 @@ def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream):
     under no_grad on a batch of other shapes (3 unpacked windows, reduction='none'), then trained on
     8 windows of 512 tokens, packed or not, with the study's byte stream (read by layer 0, or by
     every layer beside its self-attention, each token its own bytes, through one shared key/value
-    projection). Forward and every gradient against eager SDPA, in float32. (Block lists built by range arithmetic passed the small test
-    above but gave wrong gradients here: results/flex_gradient_bug/.)"""
+    projection). Forward and every gradient against eager SDPA, in float32. (Block lists built by
+    range arithmetic passed the small test above but gave wrong gradients here:
+    results/flex_gradient_bug/.)"""
     import train
     torch._dynamo.reset()  # a fresh process, as train.py's
     # bpe400: about 3 bytes per token, so that a window fills about half its byte budget
