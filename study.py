@@ -478,8 +478,9 @@ def markdown(summary, baseline):
     others = [a for a in arms if a != baseline]
     seeds = ", ".join(f"{a} {len(e['seeds'])}" for a, e in arms.items())
     lines = [f"`{s['command']}`", "",
-             f"commit {s['commit'][:12] or '?'}{' + local changes' * s['dirty']}, "
-             f"{s['device']}, torch {s['torch']}; seeds: {seeds}", "",
+             # where this summary was written: runs finished earlier may have trained elsewhere
+             f"summarised at commit {s['commit'][:12] or '?'}{' + local changes' * s['dirty']}, "
+             f"on {s['device']}, torch {s['torch']}; seeds: {seeds}", "",
              "Mean ± sd over seeds (metrics that differ between runs; summary.json has them "
              "all):", "",
              "| metric | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
