@@ -704,8 +704,13 @@ def print_summary(run):
     rt, cfg, data = run.rt, run.cfg, run.train_data
     counts = run.raw_model.param_counts()
     rt.print0("params: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
+    # the machine in the log too: runs summarised together may have trained on different ones
+    where = rt.device
+    if rt.device.startswith("cuda"):
+        where += f" ({torch.cuda.get_device_name(rt.device)})"
     rt.print0(f"flops/token {run.flops_per_token / 1e9:.2f} GFLOP | {rt.world} process(es) on "
-              f"{rt.device} | {rt.dtype} | compile {rt.use_compile} | attention {rt.attention}")
+              f"{where} | torch {torch.__version__} | {rt.dtype} | compile {rt.use_compile} | "
+              f"attention {rt.attention}")
     bytes_per_token = data.n_bytes / data.n_tokens
     rt.print0(f"data: train {data.n_tokens:,} tokens ({bytes_per_token:.2f} bytes/token), val "
               f"{run.val_data.n_tokens:,} | batch {cfg['total_batch_size']:,} tokens = "
