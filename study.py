@@ -448,7 +448,8 @@ def study_settings(args, argv, arms, ratios, runs, problems, t0):
                                     text=True).stdout.strip()
     evals = [p for p in (f"{r['dir']}/eval.json" for r in runs) if os.path.exists(p)]
     return dict(command=shlex.join(["python", "study.py", *argv]), commit=git("rev-parse", "HEAD"),
-                dirty=bool(git("status", "--porcelain")), torch=torch.__version__,
+                # tracked files changed (new files, such as this study's own runs, are not code)
+                dirty=bool(git("status", "--porcelain", "--untracked-files=no")), torch=torch.__version__,
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 python=sys.version.split()[0], baseline=args.baseline,
                 failed=[p for _, p in problems], minutes=(time.time() - t0) / 60,

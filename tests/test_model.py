@@ -6,7 +6,7 @@ import torch
 
 from conftest import HARD_DOCS, PLAIN
 from data import Corpus, make_batch
-from model import (GPT, GPTConfig, attend, batch_inputs, interval_block_lists, interval_block_mask,
+from model import (GPT, Block, GPTConfig, attend, batch_inputs, interval_block_lists, interval_block_mask,
                    interval_mask, norm, own_elements, rope, stream_block_lists)
 
 
@@ -196,6 +196,39 @@ def test_parallel_cross_attention_has_the_same_parameters_and_another_function(t
         randomize_cross(seq)
         par.load_state_dict(seq.state_dict())
         assert not torch.allclose(par(**x)[0], seq(**x)[0], atol=1e-3)
+
+
+def test_parallel_fused_queries_sum_the_separate_modules(toks, monkeypatch):
+    """parallel=True runs the query projections of self- and cross-attention as one matmul: the same
+    values and gradients as calling each module on its own and summing, with two streams read beside
+    self-attention (each query matched to its heads)."""
+    streams = [dict(BYTES, cross_layers="all", parallel=True),
+               dict(BYTES, tokenizer="bpe400", budget=128, cross_layers=[1], locality=1, parallel=True)]
+    model = make(toks, streams=streams).double()
+    randomize_cross(model)
+    x = batch_for(toks, model, TEXT, starts=(0, 40))
+
+    def separate(self, h, rope_, mask, read):
+        y = self.attn(h, None, rope_, rope_, mask)
+        for s, xattn in zip(self.reads, self.cross):
+            states, q_rope, k_rope, cross_mask, kv = read[s]
+            q = h.reshape(states.size(0), -1, h.size(-1))
+            y = y + xattn(q, states, q_rope, k_rope, cross_mask, kv).view_as(y)
+        return y
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = model(**x)[1]
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fused, fused_grads = loss_and_grads()
+    monkeypatch.setattr(Block, "attention_beside_cross", separate)
+    ref, ref_grads = loss_and_grads()
+    assert torch.allclose(fused, ref, rtol=1e-12), (fused, ref)
+    assert fused_grads.keys() == ref_grads.keys() and any(".cross.1." in n for n in ref_grads)
+    for n, g in ref_grads.items():
+        assert torch.allclose(fused_grads[n], g, rtol=1e-9, atol=1e-12), n
 
 
 def test_param_counts_and_flops(toks):
