@@ -8,7 +8,7 @@ it.
     # nanoGPT's 124M timed first, as "anchor":
     python bench.py config/gpt2_baseline.py config/gpt2_bytes.py \\
         --anchor=../shared/anchors/nanogpt_bench.py --json=results/speed_h200.json
-    # + prof/gpt2_bytes.txt: time per kernel
+    # + prof/gpt2_bytes.txt: time per kernel, and all kernels summed by kind against the step
     python bench.py config/gpt2_bytes.py --profile=prof
 
 This is how the README measures what each side stream costs: train.py's tokens/s also includes data
@@ -16,6 +16,7 @@ loading and evaluation. Prints a markdown table; --json=FILE also writes it as J
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,22 +30,68 @@ from train import (PEAK_FLOPS, Batches, check_attention, compile_model, model_se
                    packs, parse_config, runtime)
 
 
-def profile(step, path, steps=5):
-    """torch.profiler over a few warm steps: the kernels that take the time, as a table in
-    `path`."""
+# kernel (CUDA) or operator (CPU) names by what they compute; the first match wins, so the loss and
+# attention come before the generic compiled-elementwise rule
+KINDS = [("matmul", r"nvjet|gemm|cutlass|cublas|splitKreduce|^aten::(mm|addmm|bmm|_addmm_activation)$"
+                    r"|triton_tem_fused_(add)?mm"),
+         ("attention", r"flash|fmha|sdpa|cudnn|flex_attention|scaled_dot_product"),
+         ("loss (log-softmax)", r"log_softmax|nll_loss|cross_entropy"),
+         ("optimizer", r"multi_tensor|adam"),
+         ("elementwise (compiled)", r"^triton_"),
+         ("copies and fills", r"Memcpy|Memset|fill|copy|zero"),
+         ("other", r"")]
+
+
+def kind_of(name):
+    return next(kind for kind, pattern in KINDS if re.search(pattern, name))
+
+
+def by_kind(times, steps, step_ms):
+    """Markdown: self time a step of every kernel, by kind, against the timed step. The profiler's
+    table is cut at 60 rows; this sums all of them, and the gap to the timed step is time the GPU
+    sat idle (or, on the CPU, framework overhead outside operators)."""
+    groups = {}
+    for name, us in times:
+        groups[kind_of(name)] = groups.get(kind_of(name), 0.0) + us / 1000 / steps
+    total = sum(groups.values())
+    lines = [f"| kind ({len(times)} names) | ms a step | share |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.2f} | {100 * v / total:.0f}% |"
+              for k, v in sorted(groups.items(), key=lambda kv: -kv[1])]
+    lines += [f"| all | {total:.2f} | 100% |", f"| timed step (median, no profiler) | {step_ms:.2f} | |",
+              f"| step minus all: idle or outside these | {step_ms - total:.2f} | |"]
+    return "\n".join(lines)
+
+
+def self_times(events, cuda):
+    """(name, self time in us) of what ran: on the GPU its kernels only (operators would count their
+    kernels twice, and a GPU-side annotation such as Optimizer.step spans kernels already counted),
+    on the CPU every operator's self time."""
+    if cuda:
+        return [(e.key, e.self_device_time_total) for e in events
+                if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation
+                and e.self_device_time_total > 0]
+    return [(e.key, e.self_cpu_time_total) for e in events if e.self_cpu_time_total > 0]
+
+
+def profile(step, path, step_ms, steps=5):
+    """torch.profiler over a few warm steps: the kernels that take the time, as a table in `path`,
+    then all of them summed by kind."""
     from torch.profiler import ProfilerActivity, profile as profiler
-    activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(ProfilerActivity.CUDA)
-    with profiler(activities=activities) as prof:
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profiler(activities=activities, acc_events=True) as prof:
         for _ in range(steps):
             step()
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.synchronize()
-    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    events = prof.key_averages()
+    times = self_times(events, cuda)
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     with open(path, "w") as f:
         f.write(f"{steps} steps; times are totals over them\n")
-        f.write(prof.key_averages().table(sort_by=sort, row_limit=60, max_name_column_width=90))
+        f.write(events.table(sort_by=sort, row_limit=60, max_name_column_width=90))
+        f.write(f"\n\n{'Kernels' if cuda else 'Operators (CPU)'}, all of them, by kind:\n\n")
+        f.write(by_kind(times, steps, step_ms) + "\n")
 
 
 def bench(cfg, steps, profile_path=""):
@@ -107,9 +154,9 @@ def bench(cfg, steps, profile_path=""):
         step()
     sync()
     pipelined = (time.time() - t) / steps
-    if profile_path:
-        profile(step, profile_path)
     dt = float(np.median(times))
+    if profile_path:
+        profile(step, profile_path, 1000 * dt)
     peak = next((v for k, v in PEAK_FLOPS.items()
                  if cuda and k in torch.cuda.get_device_name()), None)
     return dict(params=sum(p.numel() for p in model.parameters()), gflop_per_token=flops / 1e9,
