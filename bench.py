@@ -52,7 +52,8 @@ def by_kind(times, steps, step_ms):
     sat idle (or, on the CPU, framework overhead outside operators)."""
     groups = {}
     for name, us in times:
-        groups[kind_of(name)] = groups.get(kind_of(name), 0.0) + us / 1000 / steps
+        kind = kind_of(name)
+        groups[kind] = groups.get(kind, 0.0) + us / 1000 / steps
     total = sum(groups.values())
     lines = [f"| kind ({len(times)} names) | ms a step | share |", "|---|---|---|"]
     lines += [f"| {k} | {v:.2f} | {100 * v / total:.0f}% |"

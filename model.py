@@ -270,7 +270,6 @@ class Block(nn.Module):
         query projections run as one matmul (the weights concatenated: the parameters are those of
         separate projections). Each cross-attention is still called as a module, so that hooks
         see what it adds (evaluate.py zeroes it there)."""
-        B, T, _ = x.shape
         cross = [(s, c) for s, c, parallel in zip(self.reads, self.cross, self.parallel) if parallel]
         mods = [self.attn] + [c for _, c in cross]
         qs = F.linear(x, torch.cat([m.q.weight for m in mods])).split(
