@@ -47,9 +47,8 @@ def kind_of(name):
 
 
 def by_kind(times, steps, step_ms):
-    """Markdown: self time a step of every kernel, by kind, against the timed step. The profiler's
-    table is cut at 60 rows; this sums all of them, and the gap to the timed step is time the GPU
-    sat idle (or, on the CPU, framework overhead outside operators)."""
+    """Markdown: self time a step of every kernel, by kind, against the timed step; the gap to the
+    timed step is time the GPU sat idle (or, on the CPU, framework overhead outside operators)."""
     groups = {}
     for name, us in times:
         kind = kind_of(name)
@@ -75,8 +74,8 @@ def self_times(events, cuda):
 
 
 def profile(step, path, step_ms, steps=5):
-    """torch.profiler over a few warm steps: the kernels that take the time, as a table in `path`,
-    then all of them summed by kind."""
+    """torch.profiler over a few warm steps: every kernel and operator by the time it took, as a
+    table in `path`, then the kernels summed by kind."""
     from torch.profiler import ProfilerActivity, profile as profiler
     cuda = torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -90,7 +89,8 @@ def profile(step, path, step_ms, steps=5):
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     with open(path, "w") as f:
         f.write(f"{steps} steps; times are totals over them\n")
-        f.write(events.table(sort_by=sort, row_limit=60, max_name_column_width=90))
+        # every row, names nearly whole: compiled kernels are named after the operations they fuse
+        f.write(events.table(sort_by=sort, row_limit=-1, max_name_column_width=160))
         f.write(f"\n\n{'Kernels' if cuda else 'Operators (CPU)'}, all of them, by kind:\n\n")
         f.write(by_kind(times, steps, step_ms) + "\n")
 

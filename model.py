@@ -136,7 +136,9 @@ def attend(q, k, v, mask):
     if isinstance(mask, str):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
     if isinstance(mask, BlockMask):
-        return flex_attention(q, k, v, block_mask=mask)
+        # the main kernel for any number of queries: below 128, inductor's decoding kernel, which it
+        # would pick, failed to compile these masks (torch 2.11, an H200)
+        return flex_attention(q, k, v, block_mask=mask, kernel_options=dict(FORCE_USE_FLEX_ATTENTION=True))
     if isinstance(mask, OwnElements):
         return attend_own_elements(q, k, v, mask)
     sees_any = mask.any(-1, keepdim=True)
@@ -345,17 +347,19 @@ def interval_block_mask(lo, hi, kv_len, block_lists):
 
 
 @torch.compiler.disable
-def stream_block_lists(sides, needs):
+def stream_block_lists(sides, needs, compiled=False):
     """Per side stream, the block lists of its self-attention mask and of cross-attention into it
     (None where `needs` says (self, cross) is not a BlockMask: a recurrent stream, locality 0), built
-    eagerly in one call at the start of the forward pass: one graph break, not one per mask.
-    Compiled into the graph on an H200, two constructions of these lists gave wrong gradients or
-    illegal memory accesses; see results/flex_gradient_bug/."""
+    outside the model's compiled graph in one call at the start of the forward pass: one graph
+    break, not one per mask. Built inside that graph on an H200, two constructions of these lists
+    gave wrong gradients or illegal memory accesses (results/flex_gradient_bug/). `compiled`: by a
+    graph of their own (compiled_block_lists), whose outputs are plain tensors as eager ones are."""
+    build = compiled_block_lists if compiled else interval_block_lists
     lists = []
     for side, (own_mask, cross_mask) in zip(sides, needs):
         n = side["ids"].size(1)
-        own = interval_block_lists(side["self_lo"], side["self_hi"], n) if own_mask else None
-        cross = interval_block_lists(side["cross_lo"], side["cross_hi"], n) if cross_mask else None
+        own = build(side["self_lo"], side["self_hi"], n) if own_mask else None
+        cross = build(side["cross_lo"], side["cross_hi"], n) if cross_mask else None
         lists.append((own, cross))
     return lists
 
@@ -398,6 +402,12 @@ def interval_block_lists(lo, hi, kv_len):
     q_counts, q_indices = ordered(blocks.transpose(-1, -2))
     return (kv_counts[0], kv_indices[0], kv_counts[1], kv_indices[1],
             q_counts[0], q_indices[0], q_counts[1], q_indices[1])
+
+
+# Eager, the lists' ~60 operations a mask are ~60 launches on the host's critical path every step
+# (README, Results); compiled on their own they are a few fused kernels. Compiled lazily, on first
+# call; one graph per shape (training's packed rows, evaluation's windows).
+compiled_block_lists = torch.compile(interval_block_lists, dynamic=False)
 
 
 def next_element_targets(side):
@@ -479,7 +489,9 @@ class GPT(nn.Module):
         assert len(sides) == len(c.streams), (
             f"model has {len(c.streams)} side streams, got {len(sides)}")
         needs = [(not st.recurrent, not self.reads_own_elements(s)) for s, st in enumerate(self.streams)]
-        block_lists = (stream_block_lists(sides, needs)
+        # when this forward pass is itself compiled for a GPU, so are the block lists
+        compiled = torch.compiler.is_compiling() and idx.is_cuda
+        block_lists = (stream_block_lists(sides, needs, compiled)
                        if self.attention == "flex" and sides else [(None, None)] * len(sides))
         read = [self.run_stream(s, side, tok_end, block_lists[s]) for s, side in enumerate(sides)]
         x = self.wte(idx)

@@ -321,6 +321,57 @@ def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream):
         assert torch.allclose(g1[n], a, atol=1e-4 * scale.item(), rtol=1e-3), (n, err, scale)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("variant", ["layer0", "local2"])
+def test_gpu_compiled_flex_with_fewer_queries_than_a_block(toks, variant):
+    """block_size 100: fewer queries than one FlexAttention block (128), where inductor would pick
+    its decoding kernel (which failed to compile these masks). Compiled flex, as train.py compiles
+    it, against SDPA, forward and gradients."""
+    import train
+    torch._dynamo.reset()
+    m = make(toks, streams=VARIANTS[variant], T=100).cuda()
+    randomize_cross(m)
+    x = batch_inputs(batch_for(toks, m, TEXT * 4, starts=(0, 37)), "cuda")
+    grads = {}
+    for path in ("sdpa", "flex"):
+        m.attention = path
+        m.zero_grad()
+        _, loss = (train.compile_model(m) if path == "flex" else m)(**x)
+        loss.backward()
+        grads[path] = (loss.detach(), [p.grad.clone() for p in m.parameters() if p.grad is not None])
+    (l0, g0), (l1, g1) = grads["sdpa"], grads["flex"]
+    assert torch.allclose(l0, l1, atol=1e-4)
+    for a, b in zip(g0, g1):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3), (a - b).abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_compiled_block_lists_equal_eager_ones(toks, monkeypatch):
+    """A compiled forward pass on a GPU builds its block lists by a compiled graph of their own
+    (model.compiled_block_lists): at a training batch's size (32 windows of 4096 bytes packed in
+    one row, 32 x 1024 token queries) each of the eight lists equals the eager one exactly, as
+    contiguous int32 (the kernels ignore strides). The other GPU tests check what they compute."""
+    import model
+    import train
+    torch._dynamo.reset()  # a fresh process, as train.py's
+    L, T = 32 * 4096, 32 * 1024
+    j = torch.arange(L, device="cuda")
+    lo, hi = (t.cuda() for t in random_intervals(1, T, L, 1))
+    side = dict(ids=torch.zeros(1, L, dtype=torch.long, device="cuda"), cross_lo=lo, cross_hi=hi,
+                self_lo=torch.maximum(j - 255, j // 4096 * 4096)[None].int(), self_hi=(j + 1)[None].int())
+    (eager,), (compiled,) = (stream_block_lists([side], [(True, True)], c) for c in (False, True))
+    for e, c in zip(eager[0] + eager[1], compiled[0] + compiled[1]):
+        assert c.dtype == torch.int32 and c.is_contiguous() and torch.equal(e, c)
+    calls, eager_lists = [], model.interval_block_lists
+    monkeypatch.setattr(model, "compiled_block_lists", lambda *a: calls.append(1) or eager_lists(*a))
+    m = make(toks, streams=VARIANTS["local2"], T=256).cuda()  # as test_gpu_compiled_flex_matches_sdpa
+    m.attention = "flex"
+    x = batch_inputs(batch_for(toks, m, TEXT * 4, starts=(0, 300)), "cuda")
+    with torch.no_grad():
+        train.compile_model(m)(**x)
+    assert len(calls) == 2, "the compiled forward pass builds its two masks' lists compiled"
+
+
 def test_byte_stream_is_the_core_rule(toks):
     """The offset machinery (end, known, intervals) for a byte stream reduces exactly to the core rule:
     token i reads byte j iff j < end of token i. Layer 0 is recomputed here from that rule alone."""
@@ -462,9 +513,9 @@ def test_interval_block_mask_is_the_interval_rule(seed):
 
 
 def test_block_lists_take_few_operations():
-    """The block lists run eagerly on the host's critical path every step (each tensor operation
-    costs a launch on a GPU): one packed byte stream's two masks stay within 130 operations (a
-    construction with four sorts by cumulative sums took 240)."""
+    """Uncompiled, the block lists run eagerly on the host's critical path every step (each tensor
+    operation costs a launch on a GPU): one packed byte stream's two masks stay within 130
+    operations (a construction with four sorts by cumulative sums took 240)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Count(TorchDispatchMode):
