@@ -14,9 +14,10 @@ Both bounds are monotone in m, so each token reads one contiguous interval [lo_i
 elements. The data loader computes these intervals (data.visible_intervals, data.collate); the
 model only applies them. Two attention paths compute the same function: "flex" (GPU; FlexAttention
 with block masks whose block lists are built from the intervals at the start of the forward pass,
-outside the model's compiled graph (by a compiled graph of their own when it is compiled); with locality 0, where every element has at most one
-reader, cross-attention by gathers and scatter-adds over the elements instead) and "sdpa" (CPU and
-tests; dense boolean masks from the same intervals). With no streams the model is a plain GPT:
+outside the model's compiled graph (by a compiled graph of their own when it is compiled); with
+locality 0, where every element has at most one reader, cross-attention by gathers and
+scatter-adds over the elements instead) and "sdpa" (CPU and tests; dense boolean masks from the
+same intervals). With no streams the model is a plain GPT:
 RMSNorm, rotary embeddings, QK-norm, ReLU^2 MLP, tied embeddings.
 """
 import math
