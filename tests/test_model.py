@@ -47,6 +47,8 @@ VARIANTS = {
     "shared_kv": [dict(BYTES, cross_layers="all", shared_kv=True)],  # one key/value projection, 2 layers
     "parallel": [dict(BYTES, cross_layers=[1], parallel=True),  # beside self-attention, and after it
                  dict(BYTES, tokenizer="bpe400", budget=128, cross_layers="all", locality=0)],
+    # one head as wide as the stream (config/speed/*_1head*.py), read by every layer as the 1 x 128 config
+    "one_head": [dict(BYTES, n_head=1, cross_layers="all", locality=0, shared_kv=True, parallel=True)],
 }
 
 
@@ -241,7 +243,8 @@ def test_param_counts_and_flops(toks):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("pack", [False, True])
-@pytest.mark.parametrize("variant", ["local0", "local2", "overflow", "two_streams", "shared_kv", "parallel"])
+@pytest.mark.parametrize("variant", ["local0", "local2", "overflow", "two_streams", "shared_kv", "parallel",
+                                     "one_head"])
 def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack):
     """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.6) if pack else VARIANTS[variant], T=256).cuda().train()
@@ -280,8 +283,9 @@ def varied_text(n_docs, seed=0):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("pack", [False, True])
-@pytest.mark.parametrize("stream", [{}, dict(cross_layers="all", locality=0, shared_kv=True, parallel=True)],
-                         ids=["layer0", "all_layers_local0_shared_kv_parallel"])
+@pytest.mark.parametrize("stream", [{}, dict(cross_layers="all", locality=0, shared_kv=True, parallel=True),
+                                    dict(n_head=1, cross_layers="all", locality=0, shared_kv=True, parallel=True)],
+                         ids=["layer0", "all_layers_local0_shared_kv_parallel", "one_head_all_layers"])
 def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream):
     """On GPU, as train.py runs it: the model compiled once (train.compile_model), evaluated first
     under no_grad on a batch of other shapes (3 unpacked windows, reduction='none'), then trained on
