@@ -48,6 +48,23 @@ def test_scan_equals_a_step_by_step_loop():
         assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=3e-2)
 
 
+def test_scan_equals_the_loop_over_a_row_longer_than_chunks_of_chunks():
+    """A packed row is 131K elements: chunks of 64, whose end states are scanned in chunks of 64 again.
+    Slow decays (gates near 0) carry state across many chunks, where rounding would show."""
+    torch.manual_seed(0)
+    r = Recurrence(4)
+    with torch.no_grad():
+        r.zh.weight.normal_(std=0.5)
+        r.zh.weight[:4] = -r.zh.weight[:4].abs() - 1.0  # z rows: positive inputs give z ~ e^-6
+    x = torch.randn(2, 2 * 64 * 64 + 37, 4)
+    x[1] = x[1].abs() + 0.5  # row 1: decays near 1, a memory of hundreds of elements
+    reset = torch.rand(x.shape[:2]) < 1e-3
+    with torch.no_grad():
+        assert torch.sigmoid(r.zh(x[1])[:, :4]).mean() < 0.01
+        ref = loop_reference(r, x, reset)
+        assert torch.allclose(r(x, reset), ref, atol=1e-5), (r(x, reset) - ref).abs().max()
+
+
 def test_mixer_option_is_checked():
     with pytest.raises(ValueError, match="mixer must be 'attention' or 'recurrent'"):
         GPTConfig(n_layer=2, n_head=2, n_embd=32, streams=[dict(BYTES, mixer="rnn")])
