@@ -594,7 +594,7 @@ def text_bpb(scorer, data, windows=0, hooks=None):
             with scorer.autocast:
                 _, loss = scorer.model(**inputs, reduction="none")
             tb = batch["target_bytes"].to(loss.device)
-            nats += float(loss.float()[tb > 0].double().sum())
+            nats += float(loss.float()[tb > 0].cpu().double().sum())  # on the CPU: MPS has no float64
             nbytes += int(tb.sum())
             if hooks is not None:
                 hooks.count(tb > 0)

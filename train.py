@@ -889,7 +889,8 @@ def evaluate(run):
     model, rt, streams = run.model, run.rt, run.model_config.streams
     model.eval()
     # loss sum, tokens, loss sum on text, bytes
-    sums = torch.zeros(4, device=rt.device, dtype=torch.float64)
+    acc = torch.float32 if rt.device_type == "mps" else torch.float64  # MPS has no float64
+    sums = torch.zeros(4, device=rt.device, dtype=acc)
     for windows in run.val_windows:
         entries = [(run.val_data, p, n) for p, n in windows]
         batch = make_batch(entries, run.side_toks, streams, run.cfg["block_size"])
@@ -899,8 +900,8 @@ def evaluate(run):
             _, losses = model(**inputs, reduction="none")
         nbytes = batch["target_bytes"].to(rt.device)
         valid = inputs["targets"] >= 0
-        sums += torch.stack([losses[valid].sum().double(), valid.sum().double(),
-                             losses[nbytes > 0].sum().double(), nbytes.sum().double()])
+        sums += torch.stack([losses[valid].sum().to(acc), valid.sum().to(acc),
+                             losses[nbytes > 0].sum().to(acc), nbytes.sum().to(acc)])
     if rt.ddp:
         dist.all_reduce(sums)
     model.train()
