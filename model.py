@@ -225,31 +225,45 @@ class Recurrence(nn.Module):
         return self.proj(linear_scan(a, torch.sigmoid(k) * h_new).to(x.dtype))
 
 
-def linear_scan(a, b, chunk=64):
-    """h_t = a_t * h_{t-1} + b_t along dim 1 (rows, n, channels), from h = 0, in chunks: each chunk
-    steps through its elements from a zero state, the chunks' end states are scanned the same way (a
-    row of 131K elements: chunks of 64, then 32 chunk groups), and each chunk adds its entering state
-    times its running decay. Only products of decays in [0, 1], no logarithms: float32 suffices on
-    any device (MPS has no float64) and every step is elementwise, which torch.compile fuses."""
-    R, n, D = a.shape
-    if n <= chunk:
-        return scan_steps(a, b)[0]
-    pad = -n % chunk
-    a, b = F.pad(a, (0, 0, 0, pad)), F.pad(b, (0, 0, 0, pad))
-    N = a.size(1) // chunk
-    h, decay = (t.view(R, N, chunk, D) for t in scan_steps(a.view(R * N, chunk, D), b.view(R * N, chunk, D)))
-    ends = linear_scan(decay[:, :, -1], h[:, :, -1], chunk)  # the state after each chunk
-    entering = F.pad(ends[:, :-1], (0, 0, 1, 0))  # the state before each chunk (0 before the first)
-    return (h + decay * entering[:, :, None]).view(R, N * chunk, D)[:, :n]
+def linear_scan(a, b):
+    """h_t = a_t * h_{t-1} + b_t along dim 1 (rows, n, channels), from h = 0."""
+    return LinearScan.apply(a, b)
 
 
-def scan_steps(a, b):
-    """The recurrence step by step over a short dim 1: the states h and the running decay products."""
-    h, decay = [b[:, 0]], [a[:, 0]]
-    for t in range(1, a.size(1)):
-        h.append(a[:, t] * h[-1] + b[:, t])
-        decay.append(a[:, t] * decay[-1])
-    return torch.stack(h, 1), torch.stack(decay, 1)
+class LinearScan(torch.autograd.Function):
+    """The scan's gradient is the same scan run backwards, g_t = dL/dh_t + a_{t+1} g_{t+1}, with
+    dL/db = g and dL/da_t = g_t h_{t-1}: so only a and h are kept for the backward pass, not the
+    doubling's 2 log2(n) intermediate tensors (3 GB a layer for a packed row of bytes)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        h = doubling_scan(a, b)
+        ctx.save_for_backward(a, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, h = ctx.saved_tensors
+        later = lambda t: F.pad(t[:, 1:], (0, 0, 0, 1))  # t_{t+1}, 0 after the last element
+        g = doubling_scan(later(a).flip(1), grad.flip(1)).flip(1)
+        return g * F.pad(h[:, :-1], (0, 0, 1, 0)), g
+
+
+def doubling_scan(a, b):
+    """The scan by recursive doubling (Hillis-Steele): before the step with shift s, b_t is the
+    recurrence over the s elements up to t (from state 0) and a_t the product of their decays; a step
+    joins each span to the one before it. That is ceil(log2 n) elementwise steps, which torch.compile
+    fuses and compiles quickly (a Python loop over elements unrolls into a graph of hundreds of
+    steps). Only products of decays in [0, 1], no logarithms: float32 suffices on any device (MPS has
+    no float64)."""
+    shift = lambda t, s: F.pad(t[:, :-s], (0, 0, s, 0))  # s elements later, zeros (no state) first
+    n, s = a.size(1), 1
+    while s < n:
+        b = b + a * shift(b, s)
+        if 2 * s < n:  # the last step reads no decays
+            a = a * shift(a, s)
+        s *= 2
+    return b
 
 
 class Block(nn.Module):

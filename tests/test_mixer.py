@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import args, run_inprocess, val_losses
-from model import GPTConfig, Recurrence
+from model import GPTConfig, Recurrence, linear_scan
 from test_model import BYTES, TEXT, batch_for, make, randomize_cross, spread_starts
 
 RECURRENT = dict(BYTES, mixer="recurrent")
@@ -48,21 +48,43 @@ def test_scan_equals_a_step_by_step_loop():
         assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=3e-2)
 
 
-def test_scan_equals_the_loop_over_a_row_longer_than_chunks_of_chunks():
-    """A packed row is 131K elements: chunks of 64, whose end states are scanned in chunks of 64 again.
-    Slow decays (gates near 0) carry state across many chunks, where rounding would show."""
+def test_scan_equals_the_loop_over_a_long_row():
+    """Recursive doubling over 8K elements (14 steps; a packed row of 131K takes 17). Slow decays (gates
+    near 0) carry state over thousands of elements, where rounding in the decay products would show."""
     torch.manual_seed(0)
     r = Recurrence(4)
     with torch.no_grad():
         r.zh.weight.normal_(std=0.5)
         r.zh.weight[:4] = -r.zh.weight[:4].abs() - 1.0  # z rows: positive inputs give z ~ e^-6
-    x = torch.randn(2, 2 * 64 * 64 + 37, 4)
-    x[1] = x[1].abs() + 0.5  # row 1: decays near 1, a memory of hundreds of elements
+    x = torch.randn(2, 8192 + 37, 4)  # not a power of 2
+    x[1] = x[1].abs() + 0.5  # row 1: decays near 1, a memory of hundreds to thousands of elements
     reset = torch.rand(x.shape[:2]) < 1e-3
+    reset[1], reset[1, 3000] = False, True  # row 1: one reset, then 5K elements that need every step
     with torch.no_grad():
-        assert torch.sigmoid(r.zh(x[1])[:, :4]).mean() < 0.01
+        assert torch.sigmoid(r.zh(x[1])[:, :4]).mean() < 0.01 and reset[0].sum() > 3
         ref = loop_reference(r, x, reset)
-        assert torch.allclose(r(x, reset), ref, atol=1e-5), (r(x, reset) - ref).abs().max()
+        assert torch.allclose(r(x, reset), ref, rtol=1e-5, atol=1e-5), (r(x, reset) - ref).abs().max()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 1000])
+def test_scan_of_any_length(n):
+    """Lengths that are not powers of 2, down to 1 (no doubling step at all)."""
+    torch.manual_seed(n)
+    a, b = torch.rand(2, n, 3), torch.randn(2, n, 3)
+    a[:, n // 2] = 0  # a reset mid-row
+    a, b = a.requires_grad_(), b.requires_grad_()
+    h, ref = torch.zeros(2, 3), []
+    for t in range(n):
+        h = a[:, t] * h + b[:, t]
+        ref.append(h)
+    ref = torch.stack(ref, 1)
+    out = linear_scan(a, b)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+    # its own backward (the scan run backwards) against autograd through the loop
+    w = torch.randn_like(ref)
+    got, want = (torch.autograd.grad((t * w).sum(), (a, b)) for t in (out, ref))
+    for g, r in zip(got, want):
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-5), (g - r).abs().max()
 
 
 def test_mixer_option_is_checked():
