@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from data import Corpus, DataError, useful_counts
-from model import GPT, batch_inputs
-from train import (PEAK_FLOPS, Batches, check_attention, compile_model, model_setup, new_graph_step,
-                   packs, parse_config, runtime)
+from model import batch_inputs
+from train import (Batches, build_model, compile_model, model_setup, new_graph_step, optimizer_step,
+                   packs, parse_config, peak_flops, runtime)
 
 
 # kernel (CUDA) or operator (CPU) names by what they compute; the first match wins, so the loss and
@@ -111,15 +111,9 @@ def bench(cfg, steps, profile_path=""):
                          f"fewer than batch_size {B}")
     batch = batches.get(batches.positions(0, B))
     inputs = batch_inputs(batch, device)
-    torch.manual_seed(cfg["seed"])
-    model = GPT(model_config).to(device)
-    model.attention = attention
-    check_attention(model_config, attention)
+    model, optimizer = build_model(cfg, model_config, device, attention)
     flops = model.flops_per_token()  # what the hardware computes (padding included)
     useful = model.flops_per_token(useful_counts(batch)) if model_config.streams else flops
-    betas = (cfg["beta1"], cfg["beta2"])
-    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"], betas,
-                                          device_type)
     step_model = compile_model(model, cfg["compile_mode"]) if use_compile else model
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -129,9 +123,7 @@ def bench(cfg, steps, profile_path=""):
         with autocast:
             _, loss = step_model(**inputs)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(model, optimizer, cfg["grad_clip"])
         return loss
 
     t0 = time.time()
@@ -158,8 +150,7 @@ def bench(cfg, steps, profile_path=""):
     dt = float(np.median(times))
     if profile_path:
         profile(step, profile_path, 1000 * dt)
-    peak = next((v for k, v in PEAK_FLOPS.items()
-                 if cuda and k in torch.cuda.get_device_name()), None)
+    peak = peak_flops(device)
     return dict(params=sum(p.numel() for p in model.parameters()), gflop_per_token=flops / 1e9,
                 tokens=B * T, ms=1000 * dt, ms_min=1000 * min(times), tok_s=B * T / dt,
                 ms_pipelined=1000 * pipelined,

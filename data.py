@@ -30,8 +30,16 @@ INT32_MAX = 2**31 - 1
 # ------------------------------------------------------------------------------------------------
 # streams: a document's elements with byte offsets
 
-_WS = rb" \t\n\r\x0b\x0c"
-_WORD = re.compile(rb"\xff|[" + _WS + rb"]*[^" + _WS + rb"\xff]+|[" + _WS + rb"]+")
+WHITESPACE = b" \t\n\r\x0b\x0c"  # word boundaries of side streams (and of sample.py's prompts)
+_WORD = re.compile(rb"\xff|[%s]*[^%s\xff]+|[%s]+" % (WHITESPACE, WHITESPACE, WHITESPACE))
+
+
+def utf8(text):
+    """A document's bytes; lone surrogates (half a pair, from cut JSON text) become U+FFFD."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 def main_stream(tok, data):
@@ -41,12 +49,9 @@ def main_stream(tok, data):
 
 
 def side_stream(tok, data):
-    """Side-stream ids, start offsets (len+1) and known offsets (len) for bytes `data`.
-    Each word (a run of whitespace and the non-whitespace after it) is tokenized on its own."""
-    if tok.enc is None:  # bytes: every element is fixed by its own byte
-        n = len(data)
-        ids = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
-        return ids, np.arange(n + 1), np.arange(1, n + 1)
+    """Side-stream ids, start offsets (len+1) and known offsets (len) for bytes `data`, for a
+    tokenizer side stream (a bytes stream is the data itself). Each word (a run of whitespace and
+    the non-whitespace after it) is tokenized on its own."""
     ids, counts, known_at = [], [], []
     for m in _WORD.finditer(data):
         wid = tok.encode_any_bytes(m.group())
@@ -90,15 +95,6 @@ def make_header(header, dtype, count, crc32):
     blob = json.dumps(header).encode()
     assert len(blob) < HEADER_BYTES, "header too large"
     return blob.ljust(HEADER_BYTES, b" ")
-
-
-def write_array(path, array, header):
-    """Write atomically: a crash leaves either the old file or the new one, never half of one."""
-    body = np.ascontiguousarray(array)
-    with open(path + ".tmp", "wb") as f:
-        f.write(make_header(header, array.dtype, len(array), ChunkCRC().update(body).digest()))
-        f.write(body.tobytes())
-    os.replace(path + ".tmp", path)
 
 
 class DataError(Exception):

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 import tasks
-from data import Corpus, make_batch, read_array
+from data import Corpus, make_batch, read_array, utf8
 from model import batch_inputs, open_trained, pick_device
 from perturb import NOISE_DEFAULTS, noise, noncanonical, parse_noise
 from tokenizers import EOT_BYTE
@@ -229,14 +229,6 @@ def crop_documents(docs, max_bytes):
             out.append(d)
             total += len(d)
     return out
-
-
-def utf8(text):
-    """As prepare.py encodes a document: lone surrogates (from cut JSON text) become U+FFFD."""
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 def make_pairs(texts, n, ctx_chars, cont_chars, seed):

@@ -673,6 +673,23 @@ def pick_device(device="auto"):
     return "mps" if torch.backends.mps.is_available() else "cpu"
 
 
+def read_checkpoint(path, keys, kind="checkpoint", hint=""):
+    """A checkpoint's contents, which must hold `keys`: tensors and plain data only (weights_only),
+    so that loading a file never runs code; anything else is refused with a SystemExit."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        for k in keys:
+            ckpt[k]  # a KeyError or TypeError: not a checkpoint
+    except Exception as e:
+        if "Unsupported global" in str(e):  # weights_only met a class or function: may run code
+            culprit = str(e).split("GLOBAL ")[-1].split()[0]
+            raise SystemExit(f"error: {path} holds objects other than tensors and plain data "
+                             f"({culprit}); refused, as loading them could run code") from None
+        raise SystemExit(f"error: {path} is not a readable {kind} ({type(e).__name__}: {e}){hint}"
+                         ) from None
+    return ckpt
+
+
 def load_checkpoint(path, device="cpu"):
     """A trained model from train.py's checkpoint (a file, or an out_dir holding ckpt.pt), in eval
     mode. Returns (model, checkpoint dict without the weights and optimizer). Only tensors and plain
@@ -683,17 +700,12 @@ def load_checkpoint(path, device="cpu"):
     if not os.path.exists(path):
         raise SystemExit(f"error: no checkpoint at {path}: "
                          "train one with train.py (it writes <out_dir>/ckpt.pt)")
+    ckpt = read_checkpoint(path, ("model_config", "model"), "bytecross checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         config = GPTConfig(**ckpt["model_config"])
-    except Exception as e:
-        # weights_only met a class or function: loading it could run code
-        if "Unsupported global" in str(e):
-            culprit = str(e).split("GLOBAL ")[-1].split()[0]
-            raise SystemExit(f"error: {path} holds objects other than tensors and plain data "
-                             f"({culprit}); refused, as loading them could run code") from None
+    except (TypeError, ValueError) as e:
         raise SystemExit(f"error: {path} is not a readable bytecross checkpoint "
-                         f"({type(e).__name__}: {e})")
+                         f"({type(e).__name__}: {e})") from None
     model = GPT(config)
     try:
         model.load_state_dict(ckpt.pop("model"))

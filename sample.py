@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from data import Corpus, make_batch
+from data import WHITESPACE, Corpus, make_batch
 from model import batch_inputs, open_trained, pick_device
 from tokenizers import EOT_BYTE, EOT_TEXT
 
@@ -33,9 +33,6 @@ def prompt_bytes(start):
         # the shell passed bytes that are not UTF-8 (they arrive as surrogates)
         raise SystemExit(f"error: the prompt is not valid UTF-8 (character {e.start}); "
                          "pass UTF-8 text or FILE:path")
-
-
-WHITESPACE = b" \t\n\r\x0b\x0c"  # data.side_stream's word boundaries
 
 
 def word_start(data, b):

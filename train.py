@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 
 from data import Corpus, DataError, budgets, collate, data_digest, make_batch, resegmented_window
-from model import GPT, GPTConfig, batch_inputs, pick_device
+from model import GPT, GPTConfig, batch_inputs, pick_device, read_checkpoint
 from tokenizers import Tokenizer
 
 DEFAULTS = dict(
@@ -263,21 +263,6 @@ def start_log(path, resumed_at, changes, evaluates_again):
     os.replace(path + ".tmp", path)
 
 
-def read_checkpoint(path):
-    """A checkpoint's contents: tensors and plain data only, so loading a file never runs code."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        ckpt["config"], ckpt["model"], ckpt["optimizer"]  # a KeyError: not a checkpoint
-    except Exception as e:
-        if "Unsupported global" in str(e):  # weights_only met a class or function: may run code
-            raise SystemExit(f"error: {path} holds objects other than tensors and plain data ("
-                             f"{str(e).split('GLOBAL ')[-1].split()[0]}); refused, as loading them "
-                             f"could run code") from None
-        raise SystemExit(f"error: {path} is not a readable checkpoint ({type(e).__name__}: {e}); "
-                         f"start afresh in another out_dir") from None
-    return ckpt
-
-
 def write_checkpoint(path, state):
     """Atomically: a crash or a full disk never leaves a half-written checkpoint, nor a stray
     .tmp."""
@@ -312,7 +297,8 @@ def open_run(cfg, given, master):
             raise SystemExit(f"error: {ckpt_path} exists. Continue it with --init_from=resume, or "
                              f"pick another --out_dir (or delete it) to start afresh")
         return dict(cfg, init_from="scratch"), None, {}
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = read_checkpoint(ckpt_path, ("config", "model", "optimizer"),
+                           hint="; start afresh in another out_dir")
     saved = ckpt["config"]
     # dropout is in the model config but shapes no weight: a resume may change it (with a warning)
     diff = [k for k in MODEL_KEYS if k != "dropout" and k in given and cfg[k] != saved.get(k)]
@@ -415,6 +401,13 @@ class Runtime:
             print(*args, **kwargs, flush=True)
 
 
+def peak_flops(device):
+    """The device's dense bf16 peak in FLOP/s, for MFU; None where it is not known."""
+    if torch.device(device).type != "cuda":
+        return None
+    return next((v for k, v in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None)
+
+
 def start_runtime(cfg):
     """Settle the 'auto' options, pick this process's device and join the other processes."""
     ddp, rank, local_rank, world = start_processes()
@@ -429,8 +422,7 @@ def start_runtime(cfg):
                 else nullcontext())
     # TF32 matmuls under bf16 autocast only: dtype=float32 means float32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype == "bfloat16"
-    peak = next((v for k, v in PEAK_FLOPS.items()
-                 if device_type == "cuda" and k in torch.cuda.get_device_name(device)), None)
+    peak = peak_flops(device)
     return Runtime(ddp, rank, local_rank, world, device, device_type, dtype, use_compile, attention,
                    autocast, peak)
 
@@ -588,7 +580,9 @@ def set_up(cfg, rt, ckpt):
     """Tokenizers, data, model and optimizer; with a checkpoint, resumed from it."""
     main_tok, side_toks, model_config = model_setup(cfg)
     train_data, val_data, accum = load_data(cfg, rt, main_tok, side_toks)
-    raw_model, optimizer = build_model(cfg, rt, model_config)
+    raw_model, optimizer = build_model(cfg, model_config, rt.device, rt.attention, rt.rank)
+    if rt.attention == "flex" and not rt.use_compile:
+        rt.print0("warning: flex attention without torch.compile runs an unfused, slow kernel")
     run = Run(cfg, rt, main_tok, side_toks, model_config, train_data, val_data, accum, raw_model,
               optimizer)
     if ckpt is not None:
@@ -620,20 +614,28 @@ def load_data(cfg, rt, main_tok, side_toks):
     return train_data, val_data, cfg["total_batch_size"] // per_step
 
 
-def build_model(cfg, rt, model_config):
-    """The model and its optimizer. Each process seeds its own random stream (seed + rank), so
-    that dropout masks differ between processes; DDP starts them all from rank 0's weights."""
-    torch.manual_seed(cfg["seed"] + rt.rank)
-    model = GPT(model_config).to(rt.device)
-    model.attention = rt.attention
+def build_model(cfg, model_config, device, attention, rank=0):
+    """The model and its optimizer (bench.py builds them here too, to time what trains). Each
+    process seeds its own random stream (seed + rank), so that dropout masks differ between
+    processes; DDP starts them all from rank 0's weights."""
+    torch.manual_seed(cfg["seed"] + rank)
+    model = GPT(model_config).to(device)
+    model.attention = attention
     model.drop_embeddings = cfg["embed_dropout"] > 0
-    check_attention(model_config, rt.attention)
-    if rt.attention == "flex" and not rt.use_compile:
-        rt.print0("warning: flex attention without torch.compile runs an unfused, slow kernel")
+    check_attention(model_config, attention)
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"],
-                                          (cfg["beta1"], cfg["beta2"]), rt.device_type,
+                                          (cfg["beta1"], cfg["beta2"]), torch.device(device).type,
                                           cfg["branch_lr_scale"])
     return model, optimizer
+
+
+def optimizer_step(model, optimizer, grad_clip):
+    """Clip the gradients' norm (grad_clip 0: no clipping), step, and drop the gradients. Returns
+    the norm before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 def restore(ckpt, run):
@@ -843,10 +845,7 @@ def train_step(run, batches, meter):
                 _, loss = run.model(**inputs)
             (loss / accum).backward()
         loss_sum = loss_sum + loss.detach()
-    max_norm = run.cfg["grad_clip"] or math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), max_norm)
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    grad_norm = optimizer_step(run.raw_model, run.optimizer, run.cfg["grad_clip"])
     run.step += 1
     return loss_sum, grad_norm
 

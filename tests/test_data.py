@@ -9,7 +9,7 @@ import pytest
 import data
 import tokenizers
 import prepare
-from conftest import HARD_DOCS, PLAIN, tiny_bpe, write_jsonl
+from conftest import HARD_DOCS, PLAIN, tiny_bpe, write_array, write_jsonl
 from data import INT32_MAX, Corpus, DataError
 from tokenizers import Tokenizer
 
@@ -303,7 +303,7 @@ def test_error_offsets_do_not_end_at_the_byte_count(copy, toks):
     bad = np.array(arr)
     bad[-1] -= 1
     del arr
-    data.write_array(path, bad, {k: v for k, v in header.items() if k not in ("dtype", "count")})
+    write_array(path, bad, {k: v for k, v in header.items() if k not in ("dtype", "count")})
     with pytest.raises(DataError, match="offsets do not match its ids"):
         Corpus.load(copy, "train", toks["bpe300"], [])
 

@@ -202,3 +202,18 @@ def test_only_flex_training_packs_side_streams(dataset, toks, tmp_path, attentio
     stream = cfg["streams"][0]
     rows = (1, B * stream["packed_budget"]) if flex else (B, stream["budget"])
     assert batch["sides"][0]["ids"].shape == rows
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1.0])
+def test_optimizer_step_clips_only_when_asked(grad_clip):
+    """grad_clip 0 means no clipping (train.py and bench.py step through the same function)."""
+    layer = torch.nn.Linear(4, 4, bias=False)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=1.0)
+    before = layer.weight.detach().clone()
+    (1000 * layer(torch.ones(1, 4)).sum()).backward()
+    grad = layer.weight.grad.clone()
+    norm = train.optimizer_step(layer, optimizer, grad_clip)
+    assert torch.isclose(norm, grad.norm()) and norm > 100
+    scale = 1.0 if grad_clip == 0 else grad_clip / norm
+    assert torch.allclose(layer.weight, before - scale * grad, rtol=1e-4)
+    assert layer.weight.grad is None

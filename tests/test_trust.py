@@ -23,7 +23,7 @@ import evaluate
 import prepare
 import sample
 import train
-from conftest import PLAIN, ROOT, args, run_inprocess, weights, write_jsonl
+from conftest import PLAIN, ROOT, args, run_inprocess, weights, write_array, write_jsonl
 from data import Corpus, DataError
 from tokenizers import Tokenizer
 
@@ -342,7 +342,7 @@ def test_bad_values_with_a_good_checksum_are_found(prepared_copy, toks, part, ch
     bad = np.array(arr)
     del arr
     change(bad)
-    data.write_array(path, bad, {k: v for k, v in header.items() if k not in ("dtype", "count", "crc32")})
+    write_array(path, bad, {k: v for k, v in header.items() if k not in ("dtype", "count", "crc32")})
     with pytest.raises(DataError, match=f"train.bpe300.{part}.bin is damaged: {message}"):
         Corpus.load(str(prepared_copy), "train", toks["bpe300"], [])
 
