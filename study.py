@@ -340,6 +340,8 @@ def log_metrics(run_dir, tokens_per_step):
             r = json.loads(line)
         except ValueError:
             continue
+        if r.get("resumed"):  # train.py's record of a resume, not a row
+            continue
         # a resumed run logs again from its checkpoint's step: a row below the last one drops the
         # rows after it (steps the checkpoint did not keep), and replaces the row of its kind
         # (train or val) there

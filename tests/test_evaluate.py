@@ -134,6 +134,7 @@ def test_heldout_rule_is_the_same_for_any_list():
     other = WORDS[::3] + ["zebra", "quartz"]
     train2, held2 = tasks.split_words(other)
     assert set(held2) == {w for w in set(other) if w in held or (w not in WORDS and tasks.is_heldout(w))}
+    assert set(train2) == {w for w in other if tasks.word_ok(w)} - set(held2)
     assert not any(tasks.word_ok(w) for w in ("The", "ab", "café", "spell", "every", "a" * 13))
 
 

@@ -53,6 +53,18 @@ def test_log_metrics_after_a_resume(tmp_path):
     assert curve == {0: (0, 0.0, 2.0), 4: (40, 3.0, 1.6), 8: (80, seconds, 1.2)}
 
 
+def test_log_metrics_keep_the_evaluation_at_the_resume_step(tmp_path):
+    """A log as train.py cuts it back on resume: its record of the resume is not a row, so the
+    evaluation at the checkpoint's step stays on the curve."""
+    rows = [dict(step=0, val_loss=5.0, val_bpb=2.0), dict(step=4, loss=3, dt=0.5, tok_s=200),
+            dict(step=4, val_loss=4.0, val_bpb=1.6), dict(step=4, resumed=True, changed={}),
+            dict(step=8, loss=2, dt=2.0, tok_s=50), dict(step=8, val_loss=3.0, val_bpb=1.2)]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics, curve = study.log_metrics(str(tmp_path), tokens_per_step=10)
+    assert curve == {0: (0, 0.0, 2.0), 4: (40, 2.0, 1.6), 8: (80, 10.0, 1.2)}
+    assert metrics["train.minutes"] == pytest.approx(10.0 / 60)
+
+
 def test_runs_kept_without_checkpoints_are_done(tmp_path, capsys):
     """Results copied without *.pt: a run whose log reached its steps and that has an eval.json is done (not
     trained or evaluated again) and summarised from both; one with an unfinished log or no eval.json is new."""
