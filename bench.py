@@ -12,8 +12,11 @@ it.
     python bench.py config/gpt2_bytes.py --profile=prof
 
 This is how the README measures what each side stream costs: train.py's tokens/s also includes data
-loading and evaluation. Prints a markdown table; --json=FILE also writes it as JSON.
+loading and evaluation. Prints a markdown table; --json=FILE also writes it as JSON, with every
+row's settings and the sha256 of the code that ran (a copy of the tree whose git metadata is stale or
+missing is still named by its files).
 """
+import hashlib
 import json
 import os
 import re
@@ -199,6 +202,16 @@ def table(rows, anchor):
     return "\n".join(lines)
 
 
+def code_hashes():
+    """The first 12 hex digits of the sha256 of each module a step runs, by file name."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    hashes = {}
+    for name in ("model.py", "train.py", "data.py", "tokenizers.py", "bench.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            hashes[name] = hashlib.sha256(f.read()).hexdigest()[:12]
+    return hashes
+
+
 def main(argv):
     configs = [a for a in argv if not a.startswith("--")]
     options = [a for a in argv if a.startswith("--")]
@@ -237,14 +250,14 @@ def main(argv):
             first_line = (str(e).strip().splitlines() or [""])[0]
             r = dict(error=f"{type(e).__name__}: {first_line[:300]}")
             print(f"{path}: failed ({r['error']})", flush=True)
-        rows.append(dict(config=path, **r))
+        rows.append(dict(config=path, **r, settings=cfg))
         torch._dynamo.reset()  # each config compiles afresh
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if extra["json"]:  # after every row: a run cut short keeps what it measured
             with open(extra["json"], "w") as f:
                 report = dict(device=where, torch=torch.__version__, steps=extra["steps"],
-                              rows=rows, anchor=anchor)
+                              code=code_hashes(), rows=rows, anchor=anchor)
                 json.dump(report, f, indent=1)
     print("\n" + table(rows, anchor))
     return rows

@@ -1,5 +1,7 @@
 """bench.py on CPU: it times real steps of each config and says clearly when the data cannot fill a batch."""
+import hashlib
 import math
+import os
 import sys
 
 import pytest
@@ -78,6 +80,10 @@ def test_bench_keeps_going_past_a_failing_config_and_times_the_anchor(dataset, t
     assert "error" in rows[0] and "backward" in rows[0]["error"] and rows[1]["ms"] > 0
     saved = json.loads(out.read_text())
     assert saved["anchor"]["ms"] == 10.0 and [r["config"] for r in saved["rows"]] == [str(flex), str(plain)]
+    # what ran: each row's settings, and the code by content
+    assert saved["rows"][0]["settings"]["attention"] == "flex" and saved["rows"][1]["settings"]["streams"] == []
+    with open(os.path.join(ROOT, "model.py"), "rb") as f:
+        assert saved["code"]["model.py"] == hashlib.sha256(f.read()).hexdigest()[:12]
     table = capsys.readouterr().out
     assert "vs anchor" in table and "failed: NotImplementedError" in table
     assert all(line.startswith("|") for line in table[table.index("| config"):].strip().splitlines())  # one line a row
