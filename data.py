@@ -42,6 +42,14 @@ def utf8(text):
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
+def write_atomic(path, content):
+    """Write text or bytes to path through a temporary file: a crash leaves the old file or the new
+    one, never half of one."""
+    with open(path + ".tmp", "wb" if isinstance(content, bytes) else "w") as f:
+        f.write(content)
+    os.replace(path + ".tmp", path)
+
+
 def main_stream(tok, data):
     """Main-stream ids and start offsets (len+1) for bytes `data` (may hold EOT bytes)."""
     ids = np.asarray(tok.encode_any_bytes(data), dtype=np.int64)

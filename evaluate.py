@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 import tasks
-from data import Corpus, make_batch, read_array, utf8
+from data import Corpus, make_batch, read_array, utf8, write_atomic
 from model import batch_inputs, open_trained, pick_device
 from perturb import NOISE_DEFAULTS, noise, noncanonical, parse_noise
 from tokenizers import EOT_BYTE
@@ -928,9 +928,7 @@ def default_json(path):
 def write_file(path, text):
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)  # atomic: a reader never sees half a file
+    write_atomic(path, text)  # a reader never sees half a file
 
 
 def report(args, settings, results):

@@ -34,6 +34,7 @@ import time
 import torch
 
 import train
+from data import write_atomic
 from model import GPT, GPTConfig
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -569,9 +570,7 @@ def bar_plots(plt, out, arms):
 
 
 def write_json(path, obj):
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, json.dumps(obj, indent=1, default=str))
 
 # ------------------------------------------------------------------------------------------------
 # the study: plan, train, evaluate, summarise

@@ -38,6 +38,8 @@ import random
 import re
 from collections import Counter
 
+from data import write_atomic
+
 MIN_LEN, MAX_LEN = 3, 12
 HELDOUT_PERCENT = 20
 HELDOUT_SALT = "bytecross-heldout-v1"
@@ -82,9 +84,7 @@ def load_words(path):
 
 
 def save_words(words, path):
-    with open(path + ".tmp", "w") as f:
-        f.write("".join(w + "\n" for w in words))
-    os.replace(path + ".tmp", path)
+    write_atomic(path, "".join(w + "\n" for w in words))
 
 
 def split_words(words):

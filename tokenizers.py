@@ -20,6 +20,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from data import write_atomic
+
 EOT_BYTE = 0xFF
 EOT_TEXT = "<|endoftext|>"
 
@@ -101,9 +103,7 @@ def _gpt2_offline():
         if hashlib.sha256(data).hexdigest() != GPT2_RANKS_SHA256:
             raise RuntimeError("gpt2.tiktoken inside the openai-whisper sdist has an unexpected "
                                "checksum")
-        with open(path + ".tmp", "wb") as f:
-            f.write(data)
-        os.replace(path + ".tmp", path)
+        write_atomic(path, data)
     return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_bpe(path),
                              special_tokens={EOT_TEXT: 50256})
 
@@ -272,7 +272,5 @@ def load_bpe(path):
 
 
 def save_bpe(ranks, path):
-    with open(path + ".tmp", "w") as f:
-        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-            f.write(base64.b64encode(token).decode() + " " + str(rank) + "\n")
-    os.replace(path + ".tmp", path)
+    write_atomic(path, "".join(base64.b64encode(token).decode() + " " + str(rank) + "\n"
+                               for token, rank in sorted(ranks.items(), key=lambda kv: kv[1])))

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from data import Corpus, DataError, budgets, collate, data_digest, make_batch, resegmented_window
+from data import (Corpus, DataError, budgets, collate, data_digest, make_batch, resegmented_window,
+                  write_atomic)
 from model import GPT, GPTConfig, batch_inputs, pick_device, read_checkpoint
 from tokenizers import Tokenizer
 
@@ -256,11 +257,9 @@ def start_log(path, resumed_at, changes, evaluates_again):
                 if r.get("step", 0) < resumed_at or r.get("step") == resumed_at and not (
                         evaluates_again and "val_loss" in r or r.get("resumed")):
                     keep.append(line)
-    with open(path + ".tmp", "w") as f:
-        f.writelines(keep)
-        if resumed_at is not None:
-            f.write(json.dumps({"step": resumed_at, "resumed": True, "changed": changes}) + "\n")
-    os.replace(path + ".tmp", path)
+    if resumed_at is not None:
+        keep.append(json.dumps({"step": resumed_at, "resumed": True, "changed": changes}) + "\n")
+    write_atomic(path, "".join(keep))
 
 
 def write_checkpoint(path, state):
