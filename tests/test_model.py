@@ -284,14 +284,16 @@ def varied_text(n_docs, seed=0):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("stream", [{}, dict(cross_layers="all", locality=0, shared_kv=True, parallel=True),
-                                    dict(n_head=1, cross_layers="all", locality=0, shared_kv=True, parallel=True)],
-                         ids=["layer0", "all_layers_local0_shared_kv_parallel", "one_head_all_layers"])
+                                    dict(n_head=1, cross_layers="all", locality=0, shared_kv=True, parallel=True),
+                                    dict(mixer="recurrent")],
+                         ids=["layer0", "all_layers_local0_shared_kv_parallel", "one_head_all_layers", "recurrent"])
 def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream):
     """On GPU, as train.py runs it: the model compiled once (train.compile_model), evaluated first
     under no_grad on a batch of other shapes (3 unpacked windows, reduction='none'), then trained on
     8 windows of 512 tokens, packed or not, with the study's byte stream (read by layer 0, or by
     every layer beside its self-attention, each token its own bytes, through one shared key/value
-    projection). Forward and every gradient against eager SDPA, in float32. (Block lists built by
+    projection; or a recurrent byte GPT, whose scan and its own backward pass are compiled here).
+    Forward and every gradient against eager SDPA, in float32. (Block lists built by
     range arithmetic passed the small test above but gave wrong gradients here:
     results/flex_gradient_bug/.)"""
     import train
