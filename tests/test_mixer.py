@@ -67,8 +67,8 @@ def test_scan_equals_the_loop_over_a_long_row():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 1000])
-def test_scan_of_any_length(n):
-    """Lengths that are not powers of 2, down to 1 (no doubling step at all)."""
+def test_scan_and_its_gradients_at_any_length(n):
+    """Lengths that are not powers of 2, down to 1 (no doubling step at all); forward and backward."""
     torch.manual_seed(n)
     a, b = torch.rand(2, n, 3), torch.randn(2, n, 3)
     a[:, n // 2] = 0  # a reset mid-row
