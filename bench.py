@@ -234,7 +234,7 @@ def main(argv):
         print(f"anchor: {anchor['ms']:.1f} ms/step, {anchor['tok_s'] / 1e3:.0f}K tok/s", flush=True)
     if extra["profile"]:
         os.makedirs(extra["profile"], exist_ok=True)
-    rows = []
+    rows, code = [], code_hashes()
     for path in configs:
         cfg, _ = parse_config([path] + options)
         name = os.path.basename(path)[:-3]
@@ -257,7 +257,7 @@ def main(argv):
         if extra["json"]:  # after every row: a run cut short keeps what it measured
             with open(extra["json"], "w") as f:
                 report = dict(device=where, torch=torch.__version__, steps=extra["steps"],
-                              code=code_hashes(), rows=rows, anchor=anchor)
+                              code=code, rows=rows, anchor=anchor)
                 json.dump(report, f, indent=1)
     print("\n" + table(rows, anchor))
     return rows
