@@ -233,7 +233,8 @@ def linear_scan(a, b):
 class LinearScan(torch.autograd.Function):
     """The scan's gradient is the same scan run backwards, g_t = dL/dh_t + a_{t+1} g_{t+1}, with
     dL/db = g and dL/da_t = g_t h_{t-1}: so only a and h are kept for the backward pass, not the
-    doubling's 2 log2(n) intermediate tensors (3 GB a layer for a packed row of bytes)."""
+    doubling's 2 log2(n) intermediate tensors (34 of 67 MB each for a packed row of 131K bytes,
+    128 channels)."""
 
     @staticmethod
     def forward(ctx, a, b):
