@@ -206,7 +206,7 @@ def code_hashes():
     """The first 12 hex digits of the sha256 of each module a step runs, by file name."""
     here = os.path.dirname(os.path.abspath(__file__))
     hashes = {}
-    for name in ("model.py", "train.py", "data.py", "tokenizers.py", "bench.py"):
+    for name in ("model.py", "kernels.py", "train.py", "data.py", "tokenizers.py", "bench.py"):
         with open(os.path.join(here, name), "rb") as f:
             hashes[name] = hashlib.sha256(f.read()).hexdigest()[:12]
     return hashes

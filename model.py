@@ -30,6 +30,11 @@ import torch.nn.functional as F
 
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+try:  # the GPU's own-elements kernel (Triton ships with torch's CUDA builds); CPUs use PyTorch
+    import kernels
+except ImportError:
+    kernels = None
+
 FLEX_BLOCK = 128
 
 
@@ -50,8 +55,10 @@ class StreamConfig:
     cross_layers: object = (0,)     # main layers that read this stream: a list of indices, or "all"
     locality: object = None         # k: token i reads only elements ending inside tokens
                                     # i-k..i; None: all
-    mixer: str = "attention"        # how the stream mixes its own elements: "attention" or
-                                    # "recurrent"
+    mixer: str = "attention"        # how the stream mixes its own elements: "attention",
+                                    # "recurrent" or "conv" (a short causal convolution)
+    conv_width: int = 8             # mixer "conv": each element mixes itself and the conv_width - 1
+                                    # elements before it in its window
     aux_loss: float = 0.0           # >0: in training, add this weight x the stream's own
                                     # next-element loss (a head tied to its embedding)
     shared_kv: bool = False         # True: the reading layers share one key/value projection of
@@ -87,9 +94,11 @@ class GPTConfig:
             if not all(0 <= l < self.n_layer for l in s.cross_layers):
                 raise ValueError(f"stream {s.tokenizer}: cross_layers {s.cross_layers} "
                                  f"outside 0..{self.n_layer - 1}")
-            if s.mixer not in ("attention", "recurrent"):
-                raise ValueError(f"stream {s.tokenizer}: mixer must be 'attention' or 'recurrent', "
-                                 f"not {s.mixer!r}")
+            if s.mixer not in ("attention", "recurrent", "conv"):
+                raise ValueError(f"stream {s.tokenizer}: mixer must be 'attention', 'recurrent' or "
+                                 f"'conv', not {s.mixer!r}")
+            if s.conv_width < 1:
+                raise ValueError(f"stream {s.tokenizer}: conv_width must be >= 1")
             if s.locality is not None and int(s.locality) < 0:
                 raise ValueError(f"stream {s.tokenizer}: locality must be None or >= 0")
             if not s.aux_loss >= 0:
@@ -141,6 +150,8 @@ def attend(q, k, v, mask):
         # would pick, failed to compile these masks (torch 2.11, an H200)
         return flex_attention(q, k, v, block_mask=mask, kernel_options=dict(FORCE_USE_FLEX_ATTENTION=True))
     if isinstance(mask, OwnElements):
+        if q.is_cuda and kernels is not None:
+            return kernels.own_attention(q, k, v, mask.lo, mask.hi)
         return attend_own_elements(q, k, v, mask)
     sees_any = mask.any(-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~sees_any)
@@ -267,15 +278,38 @@ def doubling_scan(a, b):
     return b
 
 
+class ShortConv(nn.Module):
+    """A gated causal depthwise convolution (the short convolution of Mamba and H3), in place of a
+    side stream's self-attention: element m mixes elements m - width + 1 .. m of its own window,
+        out = W_o(conv(u) * silu(g)),  (u, g) = W_i x
+    a few fused elementwise operations over the elements, where windowed attention needs a kernel
+    of its own. `pos` (each element's index in its window) keeps packed windows apart."""
+
+    def __init__(self, dim, width):
+        super().__init__()
+        self.inp = nn.Linear(dim, 2 * dim, bias=False)
+        self.weight = nn.Parameter(torch.empty(width, dim).uniform_(-width ** -0.5, width ** -0.5))
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x, pos):
+        u, g = self.inp(x).chunk(2, dim=-1)
+        y = u * self.weight[0]
+        for j in range(1, self.weight.size(0)):
+            earlier = F.pad(u[:, :-j], (0, 0, j, 0))  # element m - j, zeros before the row
+            y = y + torch.where((pos >= j)[..., None], earlier, 0.0) * self.weight[j]
+        return self.proj(y * F.silu(g))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block; `reads` lists (stream index, width, heads, shared_kv, parallel)
-    for cross-attention. A side stream's block may mix its elements by a recurrence instead of
-    self-attention (mixer="recurrent")."""
+    for cross-attention. A side stream's block may mix its elements by a recurrence
+    (mixer="recurrent") or a short convolution (mixer="conv") instead of self-attention."""
 
-    def __init__(self, dim, n_head, dropout, reads=(), mixer="attention"):
+    def __init__(self, dim, n_head, dropout, reads=(), mixer="attention", conv_width=8):
         super().__init__()
         self.attn = Attention(dim, dim, dim, n_head) if mixer == "attention" else None
         self.recur = Recurrence(dim) if mixer == "recurrent" else None
+        self.conv = ShortConv(dim, conv_width) if mixer == "conv" else None
         self.mlp = MLP(dim)
         # a stream whose key/value projection is shared (GPT.shared_kv) has none here
         self.cross = nn.ModuleList(Attention(dim, None if shared else width, width, heads)
@@ -286,9 +320,12 @@ class Block(nn.Module):
 
     def forward(self, x, rope_, mask, read=()):
         """read: per side stream, (states, query rope, key rope, mask, shared keys and values) from
-        GPT.run_stream. A recurrent block's mask is its reset mask (rows, elements)."""
+        GPT.run_stream. A recurrent block's mask is its reset mask (rows, elements), a convolution's
+        the elements' positions in their windows."""
         if self.recur is not None:
             x = x + self.drop(self.recur(norm(x), mask))
+        elif self.conv is not None:
+            x = x + self.drop(self.conv(norm(x), mask))
         elif any(self.parallel):
             x = x + self.drop(self.attention_beside_cross(norm(x), rope_, mask, read))
         else:
@@ -320,19 +357,20 @@ class Block(nn.Module):
 
 
 class StreamGPT(nn.Module):
-    """A small causal GPT over one side stream, with sliding-window attention (or a recurrence);
-    no head."""
+    """A small causal GPT over one side stream, with sliding-window attention (or a recurrence, or a
+    short convolution); no head."""
 
     def __init__(self, sc, dropout):
         super().__init__()
-        self.recurrent = sc.mixer == "recurrent"
+        self.mixer = sc.mixer
         self.wte = nn.Embedding(padded(sc.vocab_size), sc.n_embd)
-        self.blocks = nn.ModuleList(Block(sc.n_embd, sc.n_head, dropout, mixer=sc.mixer)
+        self.blocks = nn.ModuleList(Block(sc.n_embd, sc.n_head, dropout, mixer=sc.mixer,
+                                          conv_width=sc.conv_width)
                                     for _ in range(sc.n_layer))
 
     def forward(self, ids, rope_, mask):
-        """mask: self-attention's, or for a recurrent stream its reset mask (True where a window
-        starts)."""
+        """mask: self-attention's; for a recurrent stream its reset mask (True where a window
+        starts), for a convolution the elements' positions in their windows."""
         x = self.wte(ids)
         for block in self.blocks:
             x = block(x, rope_, mask)
@@ -351,8 +389,10 @@ def interval_mask(lo, hi, kv_len, block_lists=None):
 
 
 class OwnElements(NamedTuple):
-    """Who reads what when the queries' intervals are disjoint (locality 0): element m of row r is
-    read by query owner[r, m] alone, if owned[r, m], else by none."""
+    """Who reads what when the queries' intervals [lo, hi) are disjoint (locality 0): element m of
+    row r is read by query owner[r, m] alone, if owned[r, m], else by none."""
+    lo: torch.Tensor
+    hi: torch.Tensor
     owner: torch.Tensor
     owned: torch.Tensor
 
@@ -363,7 +403,7 @@ def own_elements(lo, hi, kv_len):
     that query starts at or before m."""
     m = torch.arange(kv_len, device=lo.device, dtype=hi.dtype).expand(lo.size(0), -1).contiguous()
     owner = torch.searchsorted(hi.contiguous(), m, right=True).clamp_max(lo.size(1) - 1)
-    return OwnElements(owner, (lo.gather(1, owner) <= m) & (m < hi.gather(1, owner)))
+    return OwnElements(lo, hi, owner, (lo.gather(1, owner) <= m) & (m < hi.gather(1, owner)))
 
 
 def pad_queries(t):
@@ -523,7 +563,8 @@ class GPT(nn.Module):
         assert T <= c.block_size, f"sequence of {T} tokens is longer than block_size {c.block_size}"
         assert len(sides) == len(c.streams), (
             f"model has {len(c.streams)} side streams, got {len(sides)}")
-        needs = [(not st.recurrent, not self.reads_own_elements(s)) for s, st in enumerate(self.streams)]
+        needs = [(st.mixer == "attention", not self.reads_own_elements(s))
+                 for s, st in enumerate(self.streams)]
         # when this forward pass is itself compiled for a GPU, so are the block lists
         compiled = torch.compiler.is_compiling() and idx.is_cuda
         block_lists = (stream_block_lists(sides, needs, compiled)
@@ -562,10 +603,13 @@ class GPT(nn.Module):
         shared_kv the keys and values (else None: each layer projects its own).
         block_lists: FlexAttention's for (self-attention, cross-attention), or Nones for SDPA."""
         ids, (own_lists, cross_lists) = side["ids"], block_lists
-        own_rope = gather_rope(getattr(self, f"stream_rope{s}"), side["pos"])
-        if self.streams[s].recurrent:  # the recurrence restarts at each window's first element
+        mixer, own_rope = self.streams[s].mixer, None
+        if mixer == "recurrent":  # the recurrence restarts at each window's first element
             own_mask = side["pos"] == 0
+        elif mixer == "conv":  # the convolution reads no element before its window's first
+            own_mask = side["pos"]
         else:
+            own_rope = gather_rope(getattr(self, f"stream_rope{s}"), side["pos"])
             own_mask = interval_mask(side["self_lo"], side["self_hi"], ids.size(1), own_lists)
         h = self.streams[s](ids, own_rope, own_mask)
         offsets = getattr(self, f"cross_rope{s}")

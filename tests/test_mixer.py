@@ -88,7 +88,7 @@ def test_scan_and_its_gradients_at_any_length(n):
 
 
 def test_mixer_option_is_checked():
-    with pytest.raises(ValueError, match="mixer must be 'attention' or 'recurrent'"):
+    with pytest.raises(ValueError, match="mixer must be 'attention', 'recurrent' or 'conv'"):
         GPTConfig(n_layer=2, n_head=2, n_embd=32, streams=[dict(BYTES, mixer="rnn")])
 
 

@@ -49,6 +49,9 @@ VARIANTS = {
                  dict(BYTES, tokenizer="bpe400", budget=128, cross_layers="all", locality=0)],
     # one head as wide as the stream (config/speed/*_1head*.py), read by every layer as the 1 x 128 config
     "one_head": [dict(BYTES, n_head=1, cross_layers="all", locality=0, shared_kv=True, parallel=True)],
+    # a byte GPT mixing by a short convolution, read by every layer as the fast config (config/gpt2_bytes.py)
+    "conv": [dict(BYTES, mixer="conv", conv_width=4, cross_layers="all", locality=0, shared_kv=True,
+                  parallel=True)],
 }
 
 
@@ -244,7 +247,7 @@ def test_param_counts_and_flops(toks):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("variant", ["local0", "local2", "overflow", "two_streams", "shared_kv", "parallel",
-                                     "one_head"])
+                                     "one_head", "conv"])
 def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack):
     """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.6) if pack else VARIANTS[variant], T=256).cuda().train()
@@ -285,8 +288,11 @@ def varied_text(n_docs, seed=0):
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("stream", [{}, dict(cross_layers="all", locality=0, shared_kv=True, parallel=True),
                                     dict(n_head=1, cross_layers="all", locality=0, shared_kv=True, parallel=True),
-                                    dict(mixer="recurrent")],
-                         ids=["layer0", "all_layers_local0_shared_kv_parallel", "one_head_all_layers", "recurrent"])
+                                    dict(mixer="recurrent"),
+                                    dict(mixer="conv", n_layer=1, cross_layers="all", locality=0, shared_kv=True,
+                                         parallel=True)],
+                         ids=["layer0", "all_layers_local0_shared_kv_parallel", "one_head_all_layers", "recurrent",
+                              "conv_all_layers"])
 def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream):
     """On GPU, as train.py runs it: the model compiled once (train.compile_model), evaluated first
     under no_grad on a batch of other shapes (3 unpacked windows, reduction='none'), then trained on

@@ -1,0 +1,169 @@
+"""
+A Triton kernel for the byte branch's hottest path on a GPU: cross-attention in which each token reads
+only its own elements (locality 0). Token q of row r reads the contiguous elements [lo[r, q], hi[r, q])
+and no two tokens share an element, so one program per block of tokens loads its few keys directly
+from the element rows (no block mask, no dense gather), and the backward pass writes each key's and
+value's gradient once (no atomics). The same function as model.attend_own_elements, the PyTorch path
+that CPUs run and the tests compare against; softmax in float32, tokens that read nothing output 0.
+
+Registered as torch custom ops, so that torch.compile treats them as opaque kernels in its graph.
+"""
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_Q = 16  # tokens per program
+BLOCK_M = 8   # elements per token loaded at a time (tokens average ~4 bytes; longer ones loop)
+
+
+@triton.jit
+def _own_fwd(Q, K, V, O, LSE, LO, HI, sq_r, sq_h, sq_q, sk_r, sk_h, sk_n, sv_r, sv_h, sv_n,
+             so_r, so_h, so_q, n_head, n_query, scale,
+             D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
+    rh = tl.program_id(1)
+    r, h = rh // n_head, rh % n_head
+    qi = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    in_row = qi < n_query
+    lo = tl.load(LO + r * n_query + qi, mask=in_row, other=0)
+    count = tl.maximum(tl.load(HI + r * n_query + qi, mask=in_row, other=0) - lo, 0)
+    d = tl.arange(0, D)
+    q = tl.load(Q + r * sq_r + h * sq_h + qi[:, None] * sq_q + d[None, :],
+                mask=in_row[:, None], other=0.0).to(tl.float32)
+    top = tl.full([BLOCK_Q], float("-inf"), tl.float32)  # running max of scores
+    total = tl.zeros([BLOCK_Q], tl.float32)              # running sum of exp(score - top)
+    acc = tl.zeros([BLOCK_Q, D], tl.float32)
+    for start in range(0, tl.max(count), BLOCK_M):
+        j = start + tl.arange(0, BLOCK_M)
+        valid = j[None, :] < count[:, None]
+        m = (lo[:, None] + j[None, :])[:, :, None]
+        k = tl.load(K + r * sk_r + h * sk_h + m * sk_n + d[None, None, :],
+                    mask=valid[:, :, None], other=0.0).to(tl.float32)
+        s = tl.where(valid, tl.sum(q[:, None, :] * k, axis=2) * scale, float("-inf"))
+        new_top = tl.maximum(top, tl.max(s, axis=1))
+        shift = tl.where(new_top == float("-inf"), 0.0, new_top)  # no score yet: nothing to scale
+        p = tl.where(valid, tl.exp(s - shift[:, None]), 0.0)
+        rescale = tl.exp(top - shift)
+        v = tl.load(V + r * sv_r + h * sv_h + m * sv_n + d[None, None, :],
+                    mask=valid[:, :, None], other=0.0).to(tl.float32)
+        total = total * rescale + tl.sum(p, axis=1)
+        acc = acc * rescale[:, None] + tl.sum(p[:, :, None] * v, axis=1)
+        top = new_top
+    out = acc / tl.maximum(total, 1e-30)[:, None]
+    tl.store(O + r * so_r + h * so_h + qi[:, None] * so_q + d[None, :],
+             out.to(O.dtype.element_ty), mask=in_row[:, None])
+    tl.store(LSE + rh * n_query + qi, top + tl.log(tl.maximum(total, 1e-30)), mask=in_row)
+
+
+@triton.jit
+def _own_bwd(Q, K, V, O, DO, LSE, LO, HI, DQ, DK, DV, sq_r, sq_h, sq_q, sk_r, sk_h, sk_n,
+             sv_r, sv_h, sv_n, so_r, so_h, so_q, sdo_r, sdo_h, sdo_q, n_head, n_query, scale,
+             D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dK, dV and dQ use the strides of K, V and Q (they are allocated like them)."""
+    rh = tl.program_id(1)
+    r, h = rh // n_head, rh % n_head
+    qi = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    in_row = qi < n_query
+    lo = tl.load(LO + r * n_query + qi, mask=in_row, other=0)
+    count = tl.maximum(tl.load(HI + r * n_query + qi, mask=in_row, other=0) - lo, 0)
+    d = tl.arange(0, D)
+    q_at = r * sq_r + h * sq_h + qi[:, None] * sq_q + d[None, :]
+    q = tl.load(Q + q_at, mask=in_row[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + r * sdo_r + h * sdo_h + qi[:, None] * sdo_q + d[None, :],
+                 mask=in_row[:, None], other=0.0).to(tl.float32)
+    o = tl.load(O + r * so_r + h * so_h + qi[:, None] * so_q + d[None, :],
+                mask=in_row[:, None], other=0.0).to(tl.float32)
+    delta = tl.sum(do * o, axis=1)  # softmax backward: sum_j p_j dp_j = dO . O
+    lse = tl.load(LSE + rh * n_query + qi, mask=in_row, other=0.0)
+    dq = tl.zeros([BLOCK_Q, D], tl.float32)
+    for start in range(0, tl.max(count), BLOCK_M):
+        j = start + tl.arange(0, BLOCK_M)
+        valid = j[None, :] < count[:, None]
+        m = (lo[:, None] + j[None, :])[:, :, None]
+        k_at = r * sk_r + h * sk_h + m * sk_n + d[None, None, :]
+        v_at = r * sv_r + h * sv_h + m * sv_n + d[None, None, :]
+        k = tl.load(K + k_at, mask=valid[:, :, None], other=0.0).to(tl.float32)
+        v = tl.load(V + v_at, mask=valid[:, :, None], other=0.0).to(tl.float32)
+        s = tl.sum(q[:, None, :] * k, axis=2) * scale
+        p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
+        ds = p * (tl.sum(do[:, None, :] * v, axis=2) - delta[:, None])
+        dq += tl.sum(ds[:, :, None] * k, axis=1) * scale
+        # each element has one reader: its gradients are written, not accumulated
+        tl.store(DV + v_at, (p[:, :, None] * do[:, None, :]).to(DV.dtype.element_ty),
+                 mask=valid[:, :, None])
+        tl.store(DK + k_at, (ds[:, :, None] * q[:, None, :] * scale).to(DK.dtype.element_ty),
+                 mask=valid[:, :, None])
+    tl.store(DQ + q_at, dq.to(DQ.dtype.element_ty), mask=in_row[:, None])
+
+
+def _strides(t):
+    assert t.stride(-1) == 1, "the head dimension must be contiguous"
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _grid(q):
+    R, H, Q, _ = q.shape
+    return (triton.cdiv(Q, BLOCK_Q), R * H)
+
+
+def _out_like(q):
+    """(rows, heads, queries, d) laid out as (rows, queries, heads, d): the attention output's
+    transpose(1, 2).reshape(...) back to (rows, queries, width) is then free."""
+    R, H, Q, D = q.shape
+    return q.new_empty(R, Q, H, D).transpose(1, 2)
+
+
+@torch.library.custom_op("bytecross::own_attention", mutates_args=())
+def _own_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lo: torch.Tensor,
+                   hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    R, H, Q, D = q.shape
+    out, lse = _out_like(q), q.new_empty(R, H, Q, dtype=torch.float32)
+    lo, hi = lo.contiguous(), hi.contiguous()
+    _own_fwd[_grid(q)](q, k, v, out, lse, lo, hi, *_strides(q), *_strides(k), *_strides(v),
+                       *_strides(out), H, Q, D ** -0.5, D=D, BLOCK_Q=BLOCK_Q, BLOCK_M=BLOCK_M)
+    return out, lse
+
+
+@_own_attention.register_fake
+def _(q, k, v, lo, hi):
+    R, H, Q, _ = q.shape
+    return _out_like(q), q.new_empty(R, H, Q, dtype=torch.float32)
+
+
+@torch.library.custom_op("bytecross::own_attention_backward", mutates_args=())
+def _own_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            out: torch.Tensor, lse: torch.Tensor, lo: torch.Tensor,
+                            hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    R, H, Q, D = q.shape
+    # elements no token reads get zero gradients; the others are written once
+    dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    lo, hi = lo.contiguous(), hi.contiguous()
+    _own_bwd[_grid(q)](q, k, v, out, do, lse, lo, hi, dq, dk, dv, *_strides(q), *_strides(k),
+                       *_strides(v), *_strides(out), *_strides(do), H, Q, D ** -0.5,
+                       D=D, BLOCK_Q=BLOCK_Q, BLOCK_M=BLOCK_M)
+    return dq, dk, dv
+
+
+@_own_attention_backward.register_fake
+def _(do, q, k, v, out, lse, lo, hi):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, lo, hi = inputs
+    ctx.save_for_backward(q, k, v, *output, lo, hi)
+
+
+def _backward(ctx, d_out, d_lse):
+    q, k, v, out, lse, lo, hi = ctx.saved_tensors
+    dq, dk, dv = _own_attention_backward(d_out.contiguous() if d_out.stride(-1) != 1 else d_out,
+                                         q, k, v, out, lse, lo, hi)
+    return dq, dk, dv, None, None
+
+
+_own_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def own_attention(q, k, v, lo, hi):
+    """Softmax attention of query q (rows, heads, queries, d) over keys [lo[r, q], hi[r, q]) of its
+    row, the intervals of different queries disjoint (locality 0). Returns (rows, heads, queries, d)."""
+    return _own_attention(q, k, v, lo, hi)[0]
