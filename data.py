@@ -349,10 +349,12 @@ class Corpus:
 
 
 def resegmented_window(corpus, p, T, main_tok, side_toks, budgets, rate, seed):
-    """Window p of `corpus` under a non-canonical segmentation (perturb.noncanonical: a share `rate`
-    of its multi-byte tokens cut in two, the same bytes): the first T + 1 tokens after cutting."""
-    from perturb import noncanonical
-    ids = noncanonical(main_tok, corpus.ids[p:p + T + 1], rate, seed)[0][:T + 1]
+    """Window p of `corpus` under a non-canonical segmentation, the same bytes: each multi-byte token
+    cut in two with probability `rate`, decided from the run `seed` and its position in the corpus
+    alone (perturb.noncanonical_per_token); the first T + 1 tokens after cutting. Cuts only push
+    tokens out at the end, so a window's first tokens never depend on what follows them."""
+    from perturb import noncanonical_per_token
+    ids = noncanonical_per_token(main_tok, corpus.ids[p:p + T + 1], p, rate, seed)[:T + 1]
     data = main_tok.decode(ids)
     n = min(T, len(ids) - 1)
     return Corpus.from_bytes(data, main_tok, side_toks, main_ids=ids).window(0, T, budgets, n=n)

@@ -8,6 +8,8 @@ import functools
 import random
 import re
 
+import numpy as np
+
 from tasks import LETTERS
 
 # ------------------------------------------------------------------------------------------------
@@ -141,11 +143,24 @@ def _token_id(tok, b):
     return None if i == tok.eot else i
 
 
+def _cut(tok, b, choose):
+    """Token bytes b as two tokens, at the valid cut that choose(cuts) picks; as single bytes if no
+    cut gives two tokens."""
+    cuts = [j for j in range(1, len(b))
+            if _token_id(tok, b[:j]) is not None and _token_id(tok, b[j:]) is not None]
+    if cuts:
+        j = choose(cuts)
+        return [_token_id(tok, b[:j]), _token_id(tok, b[j:])]
+    return [_token_id(tok, b[j:j + 1]) for j in range(len(b))]
+
+
 def noncanonical(tok, ids, rate, seed):
     """Split round(rate * n) of the n multi-byte tokens in `ids` into two smaller tokens whose bytes
     concatenate to the original's (a random valid cut; single bytes if no cut gives two tokens).
     Seeded. Returns (new ids, number of tokens split). A byte-level tokenizer has nothing to
     split."""
+    # an exact count makes a token's cut depend on the tokens after it: fine for evaluate.py's probe,
+    # which scores whole contexts; training uses noncanonical_per_token, whose cuts are causal
     ids = [int(i) for i in ids]
     if tok.enc is None:
         return ids, 0
@@ -155,16 +170,32 @@ def noncanonical(tok, ids, rate, seed):
     chosen = set(_pick(rng, multi_byte, rate))
     out = []
     for i, t in enumerate(ids):
-        b = table[t]
-        if i not in chosen:
-            out.append(t)
-            continue
-        # cuts whose two halves are both tokens
-        cuts = [j for j in range(1, len(b))
-                if _token_id(tok, b[:j]) is not None and _token_id(tok, b[j:]) is not None]
-        if cuts:
-            j = rng.choice(cuts)
-            out += [_token_id(tok, b[:j]), _token_id(tok, b[j:])]
-        else:
-            out += [_token_id(tok, b[j:j + 1]) for j in range(len(b))]
+        out += _cut(tok, table[t], rng.choice) if i in chosen else [t]
     return out, len(chosen)
+
+
+def _splitmix64(seed, positions):
+    """Output number position + 1 of splitmix64 started at `seed`: a uniform 64-bit draw per
+    position, computed for any position directly."""
+    x = (np.asarray(positions, np.uint64) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+    x += np.uint64(int(seed) % 2**64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def noncanonical_per_token(tok, ids, start, rate, seed):
+    """Training's non-canonical segmentation of `ids`, which begin at token `start` of the corpus:
+    each multi-byte token is cut with probability `rate`, as noncanonical cuts, by one draw of (seed,
+    its position) that decides whether and where. A token's cut never depends on the tokens around
+    it, so it is the same in every window that holds it, whatever follows. Returns the new ids."""
+    ids = np.asarray(ids, np.int64)
+    if tok.enc is None:
+        return ids.tolist()
+    draw = _splitmix64(seed, start + np.arange(len(ids)))
+    # top 53 bits: whether to cut (EOT counts one byte, never cut); the rest of the draw: where
+    cut = (tok.lengths[ids] > 1) & ((draw >> np.uint64(11)) * 2.0**-53 < rate)
+    table, out = tok.token_bytes, []
+    for t, c, d in zip(ids.tolist(), cut.tolist(), draw.tolist()):
+        out += _cut(tok, table[t], lambda cuts: cuts[d % len(cuts)]) if c else [t]
+    return out

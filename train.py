@@ -471,15 +471,15 @@ class Batches:
 
     def get(self, positions):
         """The batch of windows starting at token `positions`; with resegment > 0, each window's
-        tokens are cut into other valid segmentations of the same bytes (seeded by position: resume
-        stays exact)."""
+        tokens are cut into other valid segmentations of the same bytes (each token's cut drawn from
+        the run seed and its position in the corpus: causal, and resume stays exact)."""
         if not self.resegment:
             entries = [(self.corpus, p, None) for p in positions]
             return make_batch(entries, self.side_toks, self.streams, self.T, self.pack,
                               pin=self.pin)
         kept = budgets(self.side_toks, self.streams)
         windows = [resegmented_window(self.corpus, p, self.T, self.main_tok, self.side_toks, kept,
-                                      self.resegment, f"{self.seed}:{p}") for p in positions]
+                                      self.resegment, self.seed) for p in positions]
         return collate(windows, self.streams, self.pack, pin=self.pin)
 
 

@@ -5,6 +5,7 @@ boundaries depend on later bytes (" straw" vs " strawberry") is exercised, not j
 import pytest
 import torch
 
+import train
 from data import Corpus, collate
 from model import GPT, GPTConfig, batch_inputs
 from test_model import BYTES, VARIANTS, randomize_cross
@@ -75,6 +76,30 @@ def test_later_tokens_do_not_change_earlier_outputs(toks, variant, attention):
         outs.append(logits(m, x))
     assert torch.equal(outs[0][: i + 1], outs[1][: i + 1]), "a later token changed an earlier output"
     assert not torch.allclose(outs[0][i + 1:], outs[1][i + 1:]), "the change must be visible later on"
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.2])
+@pytest.mark.parametrize("variant", ["layer0", "two_streams"])
+def test_training_with_resegment_keeps_later_text_out_of_earlier_outputs(toks, variant, rate):
+    """The training path with resegment > 0 (train.Batches, packed as on a GPU): the cuts of earlier
+    tokens, and so the outputs at them, do not depend on what follows."""
+    streams = [dict(s, packed_budget=s["budget"]) for s in CAUSAL_VARIANTS[variant]]
+    m = build(toks, streams)
+    main, side_toks = toks["bpe300"], [toks[s["tokenizer"]] for s in streams]
+    head = canonical(toks, PREFIX[:40] + " a straw")
+    head_end = len(main.decode(head))
+    outs, ends = [], []
+    for cont in CONTINUATIONS:
+        ids = head + main.encode(cont) + canonical(toks, " " + PREFIX[1:] * 2)
+        corpus = Corpus.from_bytes(main.decode(ids), main, side_toks, main_ids=ids)
+        batches = train.Batches(corpus, T, main, side_toks, m.config.streams, seed=3, pack=True, resegment=rate)
+        batch = batches.get([0])
+        outs.append(logits(m, batch_inputs(batch, "cpu")))
+        ends.append(batch["tok_end"][0])
+    i = int((ends[0] <= head_end).sum())  # the tokens that spell the shared text, after cutting
+    assert i > len(head) and i == int((ends[1] <= head_end).sum()), "the shared text must be cut alike"
+    assert torch.equal(outs[0][:i], outs[1][:i]), "later text changed an earlier output"
+    assert not torch.allclose(outs[0][i:], outs[1][i:]), "the change must be visible later on"
 
 
 def test_side_tokens_ending_inside_the_past_can_depend_on_the_future(toks):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import args, run_inprocess, val_losses
+from conftest import PLAIN, args, run_inprocess, val_losses
 from data import Corpus, collate, resegmented_window
 from model import GPT, GPTConfig, batch_inputs, next_element_targets
 from test_model import BYTES, TEXT, randomize_cross
@@ -15,8 +15,8 @@ def test_resegmented_window_is_a_window_of_the_same_bytes(toks):
     main, side = toks["bpe300"], [toks["bytes"]]
     c = Corpus.from_bytes(TEXT, main, side)
     T, p = 40, 9
-    w = resegmented_window(c, p, T, main, side, [(side[0], 512)], 0.5, "1:9")
-    assert (w["idx"] == resegmented_window(c, p, T, main, side, [(side[0], 512)], 0.5, "1:9")["idx"]).all()
+    w = resegmented_window(c, p, T, main, side, [(side[0], 512)], 0.5, 1)
+    assert (w["idx"] == resegmented_window(c, p, T, main, side, [(side[0], 512)], 0.5, 1)["idx"]).all()
     plain = c.window(p, T, [(side[0], 512)])
     b0 = int(c.starts[p])
     n = int((w["tok_end"] < 2**31 - 1).sum())
@@ -26,6 +26,34 @@ def test_resegmented_window_is_a_window_of_the_same_bytes(toks):
     ids, end, _ = w["sides"][0]
     k = int((end < 2**31 - 1).sum())
     assert bytes(ids[:k].astype(np.uint8)) == TEXT[b0:b0 + k], "the byte stream is the same text"
+
+
+@pytest.mark.parametrize("side", ["bytes", "bpe300"])
+@pytest.mark.parametrize("rate", [0.1, 0.5, 1.0])
+def test_resegmented_windows_sharing_a_prefix_cut_it_alike(toks, side, rate):
+    """Training's cuts are causal: whether and where a token is cut depends on the run seed and its
+    position in the corpus alone. Windows whose first tokens are the same text get the same ids, and
+    side elements, for them whatever follows; a token is cut alike in every window that holds it.
+    (bpe400 as main tokenizer: some of its tokens have several valid cuts.)"""
+    main, sides = toks["bpe400"], [toks[side]]
+    kept, T, p = [(sides[0], 512)], 80, 5
+    head = main.encode(PLAIN)[:60]
+    windows = []
+    for cont in ("berry jam and more shells by the sea, all of them strange", " hat and more shells"):
+        ids = head + main.encode(cont + " and the end of the story was near, as everyone knew. " * 3)
+        c = Corpus.from_bytes(main.decode(ids), main, sides, main_ids=ids)
+        windows.append(resegmented_window(c, p, T, main, sides, kept, rate, seed=1))
+    head_end = int(c.starts[len(head)] - c.starts[p])  # the shared text's end, in window offsets
+    a, b = ((w["idx"][w["tok_end"] <= head_end].tolist(), w["tok_end"][w["tok_end"] <= head_end].tolist())
+            for w in windows)
+    assert len(a[0]) > len(head) - p, "the test must cut some of the shared tokens"
+    assert a == b, "later text changed the cuts of earlier tokens"
+    for (ia, ea, ka), (ib, eb, kb) in zip(windows[0]["sides"], windows[1]["sides"]):
+        seen_a, seen_b = ka <= head_end, kb <= head_end
+        assert ia[seen_a].tolist() == ib[seen_b].tolist() and ea[seen_a].tolist() == eb[seen_b].tolist()
+    later = resegmented_window(c, p + 20, T, main, sides, kept, rate, seed=1)
+    s = int(np.flatnonzero(windows[1]["tok_start"] == c.starts[p + 20] - c.starts[p])[0])
+    assert (later["idx"][:T - s] == windows[1]["idx"][s:]).all(), "the same token, cut alike in another window"
 
 
 def test_embedding_dropout_leaves_only_the_bytes(toks):
