@@ -3,7 +3,7 @@ A Triton kernel for the byte branch's hottest path on a GPU: cross-attention in 
 only its own elements (locality 0). Token q of row r reads the contiguous elements [lo[r, q], hi[r, q])
 and no two tokens share an element, so one program per block of tokens loads its few keys directly
 from the element rows (no block mask, no dense gather), and the backward pass writes each key's and
-value's gradient once (no atomics). The same function as model.attend_own_elements, the PyTorch path
+value's gradient once (no atomics). The same function as attention.attend_own_elements, the PyTorch path
 that CPUs run and the tests compare against; softmax in float32, tokens that read nothing output 0.
 
 Registered as torch custom ops, so that torch.compile treats them as opaque kernels in its graph.

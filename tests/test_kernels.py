@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = r"""
 import torch
 import kernels
-from model import attend, interval_mask
+from attention import attend, interval_mask
 
 def intervals(g, R, Q, L, longest):
     # disjoint, nondecreasing: tokens of 0..longest elements (some longer than a kernel's load of

@@ -6,8 +6,9 @@ import torch
 
 from conftest import HARD_DOCS, PLAIN
 from data import Corpus, make_batch
-from model import (GPT, Block, GPTConfig, attend, batch_inputs, interval_block_lists, interval_block_mask,
-                   interval_mask, norm, own_elements, rope, stream_block_lists)
+from attention import (attend, interval_block_lists, interval_block_mask, interval_mask, own_elements,
+                       stream_block_lists)
+from model import GPT, Block, GPTConfig, batch_inputs, norm, rope
 
 
 def make(toks, main="bpe300", streams=(), T=64, n_layer=2, seed=0):
@@ -354,10 +355,10 @@ def test_gpu_compiled_flex_with_fewer_queries_than_a_block(toks, variant):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_gpu_compiled_block_lists_equal_eager_ones(toks, monkeypatch):
     """A compiled forward pass on a GPU builds its block lists by a compiled graph of their own
-    (model.compiled_block_lists): at a training batch's size (32 windows of 4096 bytes packed in
+    (attention.compiled_block_lists): at a training batch's size (32 windows of 4096 bytes packed in
     one row, 32 x 1024 token queries) each of the eight lists equals the eager one exactly, as
     contiguous int32 (the kernels ignore strides). The other GPU tests check what they compute."""
-    import model
+    import attention
     import train
     torch._dynamo.reset()  # a fresh process, as train.py's
     L, T = 32 * 4096, 32 * 1024
@@ -368,8 +369,8 @@ def test_gpu_compiled_block_lists_equal_eager_ones(toks, monkeypatch):
     (eager,), (compiled,) = (stream_block_lists([side], [(True, True)], c) for c in (False, True))
     for e, c in zip(eager[0] + eager[1], compiled[0] + compiled[1]):
         assert c.dtype == torch.int32 and c.is_contiguous() and torch.equal(e, c)
-    calls, eager_lists = [], model.interval_block_lists
-    monkeypatch.setattr(model, "compiled_block_lists", lambda *a: calls.append(1) or eager_lists(*a))
+    calls, eager_lists = [], attention.interval_block_lists
+    monkeypatch.setattr(attention, "compiled_block_lists", lambda *a: calls.append(1) or eager_lists(*a))
     m = make(toks, streams=VARIANTS["local2"], T=256).cuda()  # as test_gpu_compiled_flex_matches_sdpa
     m.attention = "flex"
     x = batch_inputs(batch_for(toks, m, TEXT * 4, starts=(0, 300)), "cuda")
@@ -544,13 +545,13 @@ def test_block_lists_take_few_operations():
 @pytest.mark.parametrize("variant", ["layer0", "local0", "local2", "two_streams"])
 def test_forward_compiles_to_one_graph_beside_eager_block_lists(toks, variant, monkeypatch):
     """Masks from loader intervals: the forward pass traces as one graph, flex masks included,
-    while every mask's block lists are built eagerly, outside it (model.stream_block_lists, at
+    while every mask's block lists are built eagerly, outside it (attention.stream_block_lists, at
     the start of the forward pass), packed or not; locality 0's cross-attention needs none. SDPA
     (dense masks) traces whole too."""
-    import model
+    import attention as masks_module
     compiling = []
-    lists = model.interval_block_lists
-    monkeypatch.setattr(model, "interval_block_lists",
+    lists = masks_module.interval_block_lists
+    monkeypatch.setattr(masks_module, "interval_block_lists",
                         lambda *a: compiling.append(torch.compiler.is_compiling()) or lists(*a))
     m = make(toks, streams=packed(VARIANTS[variant], 0.5), T=100)
     masks = sum((s.mixer != "recurrent") + (s.locality != 0) for s in m.config.streams)
