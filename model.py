@@ -405,7 +405,8 @@ class GPT(nn.Module):
             f"model has {len(c.streams)} side streams, got {len(sides)}")
         needs = [(st.mixer == "attention", not self.reads_own_elements(s))
                  for s, st in enumerate(self.streams)]
-        # when this forward pass is itself compiled for a GPU, so are the block lists
+        # built in one call outside the compiled graph (a break at the top of forward: still one
+        # graph); when this forward pass is itself compiled for a GPU, by a graph of their own
         compiled = torch.compiler.is_compiling() and idx.is_cuda
         block_lists = (stream_block_lists(sides, needs, compiled)
                        if self.attention == "flex" and sides else [(None, None)] * len(sides))
@@ -423,8 +424,7 @@ class GPT(nn.Module):
                                ignore_index=-1, reduction=reduction)
         if reduction != "mean":
             return logits.detach(), loss.view(B, T)
-        # auxiliary losses train the side streams; evaluation reports the main loss alone
-        if self.training:
+        if self.training:  # auxiliary losses train the side streams; evaluation reports the main loss
             for s, (side, (h, *_)) in enumerate(zip(sides, read)):
                 if c.streams[s].aux_loss > 0:
                     loss = loss + c.streams[s].aux_loss * self.stream_loss(s, h, side)
