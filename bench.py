@@ -27,10 +27,9 @@ import time
 import numpy as np
 import torch
 
-from data import Corpus, DataError, useful_counts
-from model import batch_inputs
-from train import (Batches, build_model, compile_model, model_setup, new_graph_step, optimizer_step,
-                   packs, parse_config, peak_flops, runtime)
+from data import Corpus, DataError, batch_inputs, useful_counts
+from runtime import compile_model, new_graph_step, peak_flops, resolve
+from train import Batches, build_model, model_setup, optimizer_step, packs, parse_config
 
 
 # kernel (CUDA) or operator (CPU) names by what they compute; the first match wins, so the loss and
@@ -99,7 +98,7 @@ def profile(step, path, step_ms, steps=5):
 
 
 def bench(cfg, steps, profile_path=""):
-    device, device_type, dtype, use_compile, attention = runtime(cfg)
+    device, device_type, dtype, use_compile, attention = resolve(cfg)
     cuda = device_type == "cuda"
     main_tok, side_toks, model_config = model_setup(cfg)
     try:
@@ -206,7 +205,7 @@ def code_hashes():
     """The first 12 hex digits of the sha256 of each module a step runs, by file name."""
     here = os.path.dirname(os.path.abspath(__file__))
     hashes = {}
-    for name in ("model.py", "train.py", "data.py", "tokenizers.py", "bench.py"):
+    for name in ("model.py", "train.py", "data.py", "tokenizers.py", "runtime.py", "bench.py"):
         with open(os.path.join(here, name), "rb") as f:
             hashes[name] = hashlib.sha256(f.read()).hexdigest()[:12]
     return hashes

@@ -43,8 +43,10 @@ import numpy as np
 import torch
 
 import tasks
-from data import Corpus, make_batch, read_array, utf8, write_atomic
-from model import batch_inputs, open_trained, pick_device
+from checkpoint import open_trained
+from data import Corpus, batch_inputs, make_batch, read_array, utf8, write_atomic
+from runtime import pick_device
+from sources import Progress, expand, read_documents, tagged_documents
 from perturb import NOISE_DEFAULTS, noise, noncanonical, parse_noise
 from tokenizers import EOT_BYTE
 
@@ -206,14 +208,13 @@ def prepared_documents(folder, split, max_bytes):
 
 def source_documents(sources, split, builtin, fineweb_files):
     """The documents of sources prepare.py reads, one at a time (read only as far as needed)."""
-    import prepare
     if split == "all" and not builtin:
-        progress = prepare.Progress(None)
-        return (utf8(d) for f in prepare.expand(sources)
-                for d in prepare.read_documents(f, progress))
+        progress = Progress(None)
+        return (utf8(d) for f in expand(sources)
+                for d in read_documents(f, progress))
     ns = argparse.Namespace(train=sources, val=None, val_fraction=0.05,
                             fineweb_files=fineweb_files)
-    _, tagged, _ = prepare.tagged_documents(ns)
+    _, tagged, _ = tagged_documents(ns)
     return (utf8(d) for s, d in tagged if split == "all" or s == split)
 
 

@@ -11,8 +11,9 @@ import sys
 
 import torch
 
-from data import WHITESPACE, Corpus, make_batch
-from model import batch_inputs, open_trained, pick_device
+from checkpoint import open_trained
+from data import WHITESPACE, Corpus, batch_inputs, make_batch
+from runtime import pick_device
 from tokenizers import EOT_BYTE, EOT_TEXT
 
 

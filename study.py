@@ -34,6 +34,7 @@ import time
 import torch
 
 import train
+from configurator import read_config_file
 from data import write_atomic
 from model import GPT, GPTConfig
 
@@ -93,7 +94,7 @@ def load_arms(args):
         arm = arms[name] = dict(path=path, cfg=None, match=None, error=None)
         try:
             arm["cfg"], _ = train.parse_config([path] + overrides)
-            arm["match"] = train.read_config_file(path).get("_match_time_of")
+            arm["match"] = read_config_file(path).get("_match_time_of")
         except SystemExit as e:  # this arm fails; the study goes on
             arm["error"] = str(e).splitlines()[0].removesuffix(" Valid keys:")
     if args.baseline not in arms or arms[args.baseline]["error"]:

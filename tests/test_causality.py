@@ -5,8 +5,8 @@ boundaries depend on later bytes (" straw" vs " strawberry") is exercised, not j
 import pytest
 import torch
 
-from data import Corpus, collate
-from model import GPT, GPTConfig, batch_inputs
+from data import Corpus, batch_inputs, collate
+from model import GPT, GPTConfig
 from test_model import BYTES, VARIANTS, randomize_cross
 
 T = 48

@@ -15,9 +15,9 @@ import prepare
 import sample
 import tasks
 from conftest import HARD_DOCS, PLAIN, write_jsonl
-from data import Corpus, collate, read_array
+from data import Corpus, batch_inputs, collate, read_array
 from tokenizers import EOT_BYTE, Tokenizer
-from model import GPT, GPTConfig, batch_inputs
+from model import GPT, GPTConfig
 
 TEXT = ("Once upon a time, the quick brown fox jumped over the lazy dog near the Riverside Garden. "
         "She sells sea shells by the sea shore; the shells she sells are surely sea shells! "

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import HARD_DOCS, PLAIN
-from data import Corpus, make_batch
-from model import (GPT, Block, GPTConfig, attend, batch_inputs, interval_block_lists, interval_block_mask,
-                   interval_mask, norm, own_elements, rope, stream_block_lists)
+from data import Corpus, batch_inputs, make_batch
+from model import (GPT, Block, GPTConfig, attend, interval_block_lists, interval_block_mask, interval_mask, norm,
+                   own_elements, rope, stream_block_lists)
 
 
 def make(toks, main="bpe300", streams=(), T=64, n_layer=2, seed=0):
