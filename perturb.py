@@ -7,8 +7,7 @@ augmentation (train.py's resegment). All seeded: the same inputs always give the
 import functools
 import random
 import re
-
-from tasks import LETTERS
+from string import ascii_lowercase as LETTERS
 
 # ------------------------------------------------------------------------------------------------
 # character noise. Each kind changes round(rate * n) of its n eligible units, chosen by a seeded

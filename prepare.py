@@ -258,7 +258,7 @@ def write_dataset(args, command, tagged, progress, work, out):
     sides = [Tokenizer(s) for s in args.side if s != "bytes"]
     task_info = None
     if args.tasks_fraction:  # task documents join the train split like any other document
-        from tasks import mix_task_documents
+        from lab.tasks import mix_task_documents
         tagged, task_info = mix_task_documents(tagged, main_tok, args.tasks_fraction,
                                                args.task_words, work)
         task_info["words_file"] = os.path.join(out, "task_words.txt")
@@ -300,7 +300,7 @@ def main(argv=None):
                    help="train a BPE of this vocabulary size on (up to 20M characters of) the "
                         "train split, save it, stop")
     p.add_argument("--tasks_fraction", type=float, default=0.0,
-                   help="mix character-task documents (tasks.py; train words only) into the train "
+                   help="mix character-task documents (lab/tasks.py; train words only) into the train "
                         "split at this fraction of its tokens, e.g. 0.02")
     p.add_argument("--task_words", default=None,
                    help="word list (or any text file) for the task documents; "

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-import plot
+from lab import plot
 
 
 def write_log(folder, records):
