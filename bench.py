@@ -3,13 +3,13 @@ Time training steps of one or more configs, without the data pipeline: forward, 
 optimizer step on one real batch of batch_size windows from data_dir, compiled as train.py compiles
 it.
 
-    python bench.py config/gpt2_baseline.py config/gpt2_bytes.py config/gpt2_cl100k.py --steps=30
-    python bench.py config/gpt2_bytes.py --batch_size=16      # --key=value applies to every config
+    python bench.py config/baseline.py config/bytes.py config/cl100k_side.py --steps=30
+    python bench.py config/bytes.py --batch_size=16      # --key=value applies to every config
     # nanoGPT's 124M timed first, as "anchor":
-    python bench.py config/gpt2_baseline.py config/gpt2_bytes.py \\
+    python bench.py config/baseline.py config/bytes.py \\
         --anchor=../shared/anchors/nanogpt_bench.py --json=results/speed_h200.json
-    # + prof/gpt2_bytes.txt: time per kernel, and all kernels summed by kind against the step
-    python bench.py config/gpt2_bytes.py --profile=prof
+    # + prof/bytes.txt: time per kernel, and all kernels summed by kind against the step
+    python bench.py config/bytes.py --profile=prof
 
 This is how the README measures what each side stream costs: train.py's tokens/s also includes data
 loading and evaluation. Prints a markdown table; --json=FILE also writes it as JSON, with every

@@ -2,8 +2,8 @@
 Train a bytecross model (or its plain-GPT baseline: streams=[]).
 
     python train.py config/cpu_demo.py                         # CPU, a few minutes
-    python train.py config/gpt2_bytes.py --max_iters=2000      # one GPU
-    torchrun --standalone --nproc_per_node=8 train.py config/gpt2_bytes.py   # DDP
+    python train.py config/bytes.py --max_iters=2000           # one GPU
+    torchrun --standalone --nproc_per_node=8 train.py config/bytes.py   # DDP
     (add --nnodes etc. to torchrun for multi-node)
 
 Config files are Python files that assign options; --key=value overrides them. Unknown keys are
@@ -45,7 +45,7 @@ DEFAULTS = dict(
     tokenizer="gpt2",
     block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
     streams=[dict(tokenizer="bytes", n_layer=2, n_head=2, n_embd=128, window=256, budget=6144,
-                  packed_budget=4096, cross_layers=[0], locality=None)],  # as config/gpt2_bytes.py
+                  packed_budget=4096, cross_layers=[0], locality=None)],  # as config/bytes_layer0.py
     # optimization
     batch_size=16,                 # windows per micro-step per process
     total_batch_size=16 * 1024,    # tokens per optimizer step, over all processes and micro-steps

@@ -1,4 +1,4 @@
-"""plot.py: curves and a summary from train.py's log.jsonl, resumed runs included; matplotlib optional."""
+"""lab/plot.py: curves and a summary from train.py's log.jsonl, resumed runs included; matplotlib optional."""
 import json
 import sys
 

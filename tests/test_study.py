@@ -1,4 +1,4 @@
-"""study.py: the statistics against hand-computed numbers, the training log's time, and the runner end to end
+"""lab/study.py: the statistics against hand-computed numbers, the training log's time, and the runner end to end
 on CPU (tiny arms x 2 seeds): summary.json, wall-clock matching, failed arms, resume and skip."""
 import importlib.util
 import json
