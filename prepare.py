@@ -277,7 +277,7 @@ def write_dataset(args, command, tagged, progress, work, out):
         json.dump(meta, f, indent=1)
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", nargs="+", default=["shakespeare"],
@@ -308,26 +308,33 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not 0 < args.val_fraction < 1:
         raise SystemExit("error: --val_fraction must be between 0 and 1")
+    return args
 
+
+def write_bpe(tagged, vocab_size, out):
+    """--train_bpe: a BPE trained on up to 20M characters of the train split, saved in out."""
+    os.makedirs(out, exist_ok=True)
+    sample, size = [], 0
+    for split, d in tagged:
+        if split == "train" and size < 20_000_000:
+            sample.append(d)
+            size += len(d)
+    path = os.path.join(out, f"bpe{vocab_size}.tiktoken")
+    print(f"training a BPE with {vocab_size} tokens on {size / 1e6:.1f}M characters ...",
+          file=sys.stderr)
+    save_bpe(train_bpe(sample, vocab_size), path)
+    print(f"wrote {path}; use it with --tokenizer={path} or --side={path}", file=sys.stderr)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     source, tagged, progress = tagged_documents(args)
     name = source or os.path.basename(os.path.normpath(args.train[0])).split(".")[0]
     out = args.out or os.path.join("data", name)
     target = os.path.realpath(out)  # a symlinked folder is replaced where it lies
     recover(target)
-
     if args.train_bpe:
-        os.makedirs(out, exist_ok=True)
-        sample, size = [], 0
-        for split, d in tagged:
-            if split == "train" and size < 20_000_000:
-                sample.append(d)
-                size += len(d)
-        path = os.path.join(out, f"bpe{args.train_bpe}.tiktoken")
-        print(f"training a BPE with {args.train_bpe} tokens on {size / 1e6:.1f}M characters ...",
-              file=sys.stderr)
-        save_bpe(train_bpe(sample, args.train_bpe), path)
-        print(f"wrote {path}; use it with --tokenizer={path} or --side={path}", file=sys.stderr)
-        return
+        return write_bpe(tagged, args.train_bpe, out)
 
     check_replaceable(target)
     work = target + ".incomplete"  # everything is written here, then swapped in at once

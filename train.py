@@ -98,6 +98,7 @@ def print0(*args):
     if processes()[1] == 0:
         print(*args, flush=True)
 
+
 # ---------------------------------------------------------------------------------------------
 # setting up a run: tokenizers, data, model, optimizer
 
@@ -257,6 +258,7 @@ def open_log(run, changes):
     start_log(path, resumed_at, changes, evaluates_first)
     return open(path, "a")
 
+
 # ---------------------------------------------------------------------------------------------
 # data: which windows each step trains on, and which ones evaluation scores
 
@@ -349,6 +351,7 @@ class Prefetch:
 
     def close(self):
         self.pool.shutdown(cancel_futures=True)
+
 
 # ---------------------------------------------------------------------------------------------
 # a training step: schedules, forward and backward, optimizer, the log line
@@ -469,6 +472,7 @@ def log_progress(run, meter, loss_sum, lr, grad_norm):
     run.log(step=step, loss=loss, lr=lr, dt=dt, tok_s=tok_s, lost=lost.tolist(),
             dropped=dropped.tolist())
 
+
 # ---------------------------------------------------------------------------------------------
 # evaluation
 
@@ -508,6 +512,7 @@ def evaluate_and_save(run, last):
     run.log(step=run.step, val_loss=val_loss, val_bpb=val_bpb)
     if run.step > run.ckpt_step and (run.cfg["ckpt_interval"] == 0 or last):
         save_checkpoint(run)
+
 
 # ---------------------------------------------------------------------------------------------
 # the run: set up, then train step by step, evaluating and checkpointing on the way
