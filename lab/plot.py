@@ -157,6 +157,7 @@ def zoom_past_start(ax):
 
 def main(argv=None):
     p = argparse.ArgumentParser(
+        prog="python -m lab.plot",
         description="Loss and bits-per-byte curves of train.py runs, and a summary.")
     p.add_argument("runs", nargs="+", help="run folders (out_dir of train.py) or log.jsonl files")
     p.add_argument("--out", help="PNG to write (default: curves.png in the first run's folder)")

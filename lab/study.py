@@ -59,7 +59,7 @@ HIDDEN = re.compile(r"acc_norm$|(kinds|rates)\..+\.bpb$|canonical_bpb$|^branch\.
 # the plan: arms, time matching, runs
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lab.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arms", nargs="+", help="train.py config files, one per arm")
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..N for every arm")
