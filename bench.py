@@ -3,13 +3,13 @@ Time training steps of one or more configs, without the data pipeline: forward, 
 optimizer step on one real batch of batch_size windows from data_dir, compiled as train.py compiles
 it.
 
-    python bench.py config/gpt2_baseline.py config/gpt2_bytes.py config/gpt2_cl100k.py --steps=30
-    python bench.py config/gpt2_bytes.py --batch_size=16      # --key=value applies to every config
+    python bench.py config/baseline.py config/bytes.py config/cl100k_side.py --steps=30
+    python bench.py config/bytes.py --batch_size=16      # --key=value applies to every config
     # nanoGPT's 124M timed first, as "anchor":
-    python bench.py config/gpt2_baseline.py config/gpt2_bytes.py \\
+    python bench.py config/baseline.py config/bytes.py \\
         --anchor=../shared/anchors/nanogpt_bench.py --json=results/speed_h200.json
-    # + prof/gpt2_bytes.txt: time per kernel, and all kernels summed by kind against the step
-    python bench.py config/gpt2_bytes.py --profile=prof
+    # + prof/bytes.txt: time per kernel, and all kernels summed by kind against the step
+    python bench.py config/bytes.py --profile=prof
 
 This is how the README measures what each side stream costs: train.py's tokens/s also includes data
 loading and evaluation. Prints a markdown table; --json=FILE also writes it as JSON, with every
@@ -27,10 +27,9 @@ import time
 import numpy as np
 import torch
 
-from data import Corpus, DataError, useful_counts
-from model import batch_inputs
-from train import (Batches, build_model, compile_model, model_setup, new_graph_step, optimizer_step,
-                   packs, parse_config, peak_flops, runtime)
+from data import Corpus, DataError, batch_inputs, useful_counts
+from runtime import compile_model, new_graph_step, peak_flops, resolve
+from train import Batches, build_model, model_setup, optimizer_step, packs, parse_config
 
 
 # kernel (CUDA) or operator (CPU) names by what they compute; the first match wins, so the loss and
@@ -99,7 +98,7 @@ def profile(step, path, step_ms, steps=5):
 
 
 def bench(cfg, steps, profile_path=""):
-    device, device_type, dtype, use_compile, attention = runtime(cfg)
+    device, device_type, dtype, use_compile, attention = resolve(cfg)
     cuda = device_type == "cuda"
     main_tok, side_toks, model_config = model_setup(cfg)
     try:
@@ -206,7 +205,8 @@ def code_hashes():
     """The first 12 hex digits of the sha256 of each module a step runs, by file name."""
     here = os.path.dirname(os.path.abspath(__file__))
     hashes = {}
-    for name in ("model.py", "kernels.py", "train.py", "data.py", "tokenizers.py", "bench.py"):
+    for name in ("model.py", "attention.py", "kernels.py", "train.py", "data.py", "tokenizers.py",
+                 "runtime.py", "bench.py"):
         with open(os.path.join(here, name), "rb") as f:
             hashes[name] = hashlib.sha256(f.read()).hexdigest()[:12]
     return hashes

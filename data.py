@@ -457,6 +457,13 @@ def collate(windows, streams, pack=False, trim=False, pin=False):
     return batch
 
 
+def batch_inputs(batch, device):
+    """Model inputs from a batch (collate), moved to `device`."""
+    to = lambda t: t.to(device, non_blocking=True)
+    return dict(idx=to(batch["idx"]), targets=to(batch["targets"]), tok_end=to(batch["tok_end"]),
+                sides=[{k: to(t) for k, t in side.items()} for side in batch["sides"]])
+
+
 def useful_counts(batch):
     """Per side stream, what a batch really computes per main token (no padding, keys actually
     visible): elements per token, keys per element in the stream's own attention, keys per token in

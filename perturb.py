@@ -7,10 +7,9 @@ augmentation (train.py's resegment). All seeded: the same inputs always give the
 import functools
 import random
 import re
+from string import ascii_lowercase as LETTERS
 
 import numpy as np
-
-from tasks import LETTERS
 
 # ------------------------------------------------------------------------------------------------
 # character noise. Each kind changes round(rate * n) of its n eligible units, chosen by a seeded

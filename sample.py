@@ -3,7 +3,7 @@ Generate text from a trained checkpoint. The byte stream (and any side stream) g
 of each generated token, exactly as during training.
 
     python sample.py --out_dir=out-cpu-demo --start="ROMEO:" --num_samples=2 --max_new_tokens=200
-    python sample.py --out_dir=out-gpt2-bytes --start=FILE:prompt.txt --temperature=0.7
+    python sample.py --out_dir=out-bytes --start=FILE:prompt.txt --temperature=0.7
 """
 import argparse
 import bisect
@@ -11,8 +11,9 @@ import sys
 
 import torch
 
-from data import WHITESPACE, Corpus, make_batch
-from model import batch_inputs, open_trained, pick_device
+from checkpoint import open_trained
+from data import WHITESPACE, Corpus, batch_inputs, make_batch
+from runtime import pick_device
 from tokenizers import EOT_BYTE, EOT_TEXT
 
 

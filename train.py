@@ -2,8 +2,8 @@
 Train a bytecross model (or its plain-GPT baseline: streams=[]).
 
     python train.py config/cpu_demo.py                         # CPU, a few minutes
-    python train.py config/gpt2_bytes.py --max_iters=2000      # one GPU
-    torchrun --standalone --nproc_per_node=8 train.py config/gpt2_bytes.py   # DDP
+    python train.py config/bytes.py --max_iters=2000           # one GPU
+    torchrun --standalone --nproc_per_node=8 train.py config/bytes.py   # DDP
     (add --nnodes etc. to torchrun for multi-node)
 
 Config files are Python files that assign options; --key=value overrides them. Unknown keys are
@@ -12,28 +12,28 @@ errors. Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and e
 where it stopped (weights, optimizer, each process's RNG, data position, step); --init_from=auto
 resumes when out_dir has a checkpoint.
 """
-import ast
-import difflib
-import fcntl
 import json
 import math
 import os
-import signal
 import sys
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from data import (Corpus, DataError, budgets, collate, data_digest, make_batch, resegmented_window,
-                  write_atomic)
-from model import GPT, GPTConfig, batch_inputs, pick_device, read_checkpoint
+import configurator
+from checkpoint import (lock_out_dir, restore, resume_or_start, save_checkpoint, start_log,
+                        unlock_out_dir)
+from configurator import validate
+from data import Corpus, DataError, batch_inputs, budgets, collate, make_batch, resegmented_window
+from model import GPT, GPTConfig
+from runtime import (Runtime, StopSignal, agree_to_stop, check_attention, compile_model,
+                     end_processes, new_graph_step, processes, start_runtime)
 from tokenizers import Tokenizer
 
 DEFAULTS = dict(
@@ -45,7 +45,7 @@ DEFAULTS = dict(
     tokenizer="gpt2",
     block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
     streams=[dict(tokenizer="bytes", n_layer=2, n_head=2, n_embd=128, window=256, budget=6144,
-                  packed_budget=4096, cross_layers=[0], locality=None)],  # as config/gpt2_bytes.py
+                  packed_budget=4096, cross_layers=[0], locality=None)],  # as config/bytes_layer0.py
     # optimization
     batch_size=16,                 # windows per micro-step per process
     total_batch_size=16 * 1024,    # tokens per optimizer step, over all processes and micro-steps
@@ -72,256 +72,96 @@ DEFAULTS = dict(
     seed=1337,
 )
 MODEL_KEYS = ("tokenizer", "block_size", "n_layer", "n_head", "n_embd", "dropout", "streams")
-PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense bf16, by device name
-
-
-# ---------------------------------------------------------------------------------------------
-# configuration
 
 
 def parse_config(argv):
-    """Config files (Python assignments) then --key=value overrides, checked against DEFAULTS.
-    Returns the config and the set of keys given explicitly."""
-    cfg, given = dict(DEFAULTS), set()
-    accepts = {bool: lambda v: isinstance(v, bool),
-               int: lambda v: type(v) is int or type(v) is float and v.is_integer(),
-               float: lambda v: type(v) in (int, float),
-               str: lambda v: isinstance(v, str),
-               list: lambda v: isinstance(v, (list, tuple))}
-    kinds = {bool: "True or False", int: "an integer", float: "a number", str: "a string",
-             list: "a list"}
-
-    def set_key(key, value, where):
-        if key not in DEFAULTS:
-            close = difflib.get_close_matches(key, DEFAULTS, n=1)
-            raise SystemExit(f"error: unknown config key {key!r} ({where})"
-                             + (f"; did you mean {close[0]}?" if close else "")
-                             + " Valid keys:\n  " + ", ".join(sorted(DEFAULTS)))
-        kind = type(DEFAULTS[key])
-        if DEFAULTS[key] == "auto" and isinstance(value, bool):
-            kind = bool  # 'auto' options also take True/False
-        if not accepts[kind](value):
-            raise SystemExit(f"error: {key}={value!r} ({where}): must be {kinds[kind]}")
-        cfg[key] = kind(value) if kind in (int, float) else list(value) if kind is list else value
-        given.add(key)
-
-    for arg in argv:
-        if arg.startswith("--"):
-            key, eq, raw = arg[2:].partition("=")
-            if not eq:
-                raise SystemExit(f"error: expected --key=value, got {arg!r}")
-            try:
-                value = ast.literal_eval(raw)
-            except (ValueError, SyntaxError):
-                value = raw  # a bare string
-            if isinstance(DEFAULTS.get(key), str) and not isinstance(value, bool):
-                value = raw  # a name or path, even one that looks like a number
-            set_key(key, value, "command line")
-        else:
-            for key, value in read_config_file(arg).items():
-                if (not key.startswith("_") and not callable(value)
-                        and type(value).__name__ != "module"):
-                    set_key(key, value, arg)
-    return cfg, given
+    """DEFAULTS, then config files and --key=value overrides (configurator.py). Returns the config
+    and the set of keys given explicitly."""
+    return configurator.parse_config(argv, DEFAULTS)
 
 
-def plain(value):
-    """Numbers, strings, bools, None, and lists and dicts of them: what a checkpoint may hold"""
-    if isinstance(value, (list, tuple)):
-        return all(plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and plain(v) for k, v in value.items())
-    return value is None or type(value) in (bool, int, float, str)
+def configure(argv):
+    """The run's config (on resume: the checkpoint's, with what argv gives explicitly on top), the
+    checkpoint or None, and {option: [checkpoint's, now]} for what changed. The first process
+    locks out_dir."""
+    master = processes()[1] == 0
+    cfg, given = parse_config(argv)
+    cfg, ckpt, changes = resume_or_start(cfg, given, DEFAULTS, MODEL_KEYS, master)
+    validate(cfg)
+    if master:
+        lock_out_dir(cfg["out_dir"])
+    return cfg, ckpt, changes
 
 
-def validate(cfg):
-    """Stop, with one line per bad value, on options that would crash late or quietly spoil a
-    run."""
-    rules = {key: (lambda v: v >= 1, "an integer >= 1") for key in (
-        "batch_size", "block_size", "total_batch_size", "eval_interval", "eval_tokens",
-        "log_interval", "n_layer", "n_head", "n_embd")}
-    rules.update({key: (lambda v: v >= 0, "an integer >= 0") for key in (
-        "max_iters", "warmup_iters", "ckpt_interval", "seed")})
-    rules.update({key: (lambda v: v >= 0, ">= 0") for key in (
-        "learning_rate", "min_lr", "weight_decay")})
-    rules.update({key: (lambda v: 0 <= v < 1, "in [0, 1)") for key in (
-        "dropout", "beta1", "beta2", "resegment", "embed_dropout")})
-    rules["embed_dropout_anneal"] = (lambda v: 0 <= v <= 1, "in [0, 1] (0: constant)")
-    rules["branch_lr_scale"] = (lambda v: v > 0, "> 0")
-    rules.update({key: (lambda v: isinstance(v, str) and v != "", "a non-empty string") for key in (
-        "data_dir", "out_dir", "tokenizer")})
-    rules.update({
-        "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
-        "dtype": (lambda v: v in ("auto", "bfloat16", "float32"),
-                  "'auto', 'bfloat16' or 'float32' (float16 would need loss scaling, which "
-                  "train.py does not do)"),
-        "compile": (lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
-        "compile_mode": (lambda v: v in COMPILE_MODES,
-                         ", ".join(map(repr, COMPILE_MODES[:-1])) + f" or {COMPILE_MODES[-1]!r}"),
-        "attention": (lambda v: v in ("auto", "flex", "sdpa"), "'auto', 'flex' or 'sdpa'"),
-        "pack": (lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
-        "device": (lambda v: v == "auto" or isinstance(v, str)
-                   and v.split(":")[0] in ("cpu", "cuda", "mps"),
-                   "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
-        "streams": (lambda v: all(isinstance(s, dict) for s in v),
-                    "a list of dicts (model.StreamConfig)"),
-    })
-    errors = [f"error: {key}={cfg[key]!r}: must be {what}"
-              for key, (ok, what) in rules.items() if not ok(cfg[key])]
-    errors += [f"error: {key}={value!r}: must be plain data (numbers, strings, lists, dicts)"
-               for key, value in cfg.items() if not plain(value)]
-    width, heads = cfg["n_embd"], cfg["n_head"]
-    # rotary embeddings need even head sizes
-    if width >= 1 and heads >= 1 and (width % heads or width // heads % 2):
-        errors.append(f"error: n_embd={cfg['n_embd']}, n_head={cfg['n_head']}: n_embd must split "
-                      f"into n_head heads of even size")
-    if errors:
-        raise SystemExit("\n".join(errors))
-
-
-def check_dtype(dtype, device_type):
-    if dtype == "bfloat16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise SystemExit("error: dtype=bfloat16: this GPU has no bfloat16; use --dtype=float32")
-
-
-def read_config_file(path):
-    """The variables a Python config file assigns; its errors name the file and line."""
-    try:
-        with open(path) as f:
-            code = compile(f.read(), path, "exec")
-    except FileNotFoundError:
-        raise SystemExit(f"error: config file {path} not found") from None
-    except OSError as e:
-        raise SystemExit(f"error: config file {path}: {e.strerror.lower()}") from None
-    except SyntaxError as e:
-        raise SystemExit(f"error: {path} line {e.lineno}: {e.msg}") from None
-    scope = {}
-    try:
-        exec(code, scope)
-    except Exception as e:
-        line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__)
-                if frame.filename == path][-1]
-        raise SystemExit(f"error: {path} line {line}: {type(e).__name__}: {e}") from None
-    return scope
+def print0(*args):
+    """print, on the first process only"""
+    if processes()[1] == 0:
+        print(*args, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
-# out_dir: its lock, log and checkpoint
+# setting up a run: tokenizers, data, model, optimizer
 
 
-_lock = None  # this process's lock on its out_dir
+@dataclass
+class Run:
+    """A training run: what set_up made, and the state that the loop advances and a checkpoint
+    holds (step, position, best_val)."""
+    cfg: dict
+    rt: Runtime
+    main_tok: Tokenizer
+    side_toks: list
+    model_config: GPTConfig
+    train_data: Corpus
+    val_data: Corpus
+    accum: int                      # micro-steps per optimizer step
+    raw_model: GPT
+    optimizer: torch.optim.Optimizer
+    model: Any = None               # what runs: raw_model, compiled and/or wrapped in DDP
+    flops_per_token: float = 0.0
+    train_batches: "Batches" = None
+    val_windows: list = None        # this process's validation batches
+    step: int = 0
+    position: int = 0               # global position of the next step's first window (Batches)
+    best_val: float = math.inf
+    ckpt_step: int = 0              # the checkpoint on disk holds this step: no need to rewrite it
+    log_file: Any = None            # log.jsonl, open on the first process only
+
+    @property
+    def ckpt_path(self):
+        return os.path.join(self.cfg["out_dir"], "ckpt.pt")
+
+    def log(self, **record):
+        """One line of log.jsonl, flushed at once (a crash loses no line)."""
+        if self.log_file:
+            self.log_file.write(json.dumps(record) + "\n")
+            self.log_file.flush()
 
 
-def lock_out_dir(out_dir):
-    """Hold out_dir/train.lock while the run lives (the OS drops it when the process ends, however
-    it ends): a second run into the same out_dir stops at once instead of overwriting the first
-    one's files."""
-    global _lock
-    unlock_out_dir()  # held by a run this process started earlier (tests call main() repeatedly)
-    os.makedirs(out_dir, exist_ok=True)
-    _lock = open(os.path.join(out_dir, "train.lock"), "a+")
-    try:
-        fcntl.flock(_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        _lock.seek(0)
-        pid = _lock.read().strip() or "?"
-        raise SystemExit(f"error: another training run (pid {pid}) is using {out_dir}: wait for it "
-                         f"to end, or pick another --out_dir") from None
-    _lock.truncate(0)
-    _lock.write(f"{os.getpid()}\n")
-    _lock.flush()
-
-
-def unlock_out_dir():
-    global _lock
-    if _lock is not None:
-        _lock.close()
-        _lock = None
-
-
-def start_log(path, resumed_at, changes, evaluates_again):
-    """A new log.jsonl; on resume, the log cut back to the checkpoint's step (the steps after it run
-    again, and would otherwise appear twice), then a record of the resume and of any options that
-    changed. evaluates_again: the resumed run evaluates at its first step, so the evaluation logged
-    there goes."""
-    keep = []
-    if resumed_at is not None and os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a crash
-                # at the checkpoint's step: its evaluation stays unless it runs again; an earlier
-                # resume from this same step goes (its steps were cut, this record replaces it)
-                if r.get("step", 0) < resumed_at or r.get("step") == resumed_at and not (
-                        evaluates_again and "val_loss" in r or r.get("resumed")):
-                    keep.append(line)
-    if resumed_at is not None:
-        keep.append(json.dumps({"step": resumed_at, "resumed": True, "changed": changes}) + "\n")
-    write_atomic(path, "".join(keep))
-
-
-def write_checkpoint(path, state):
-    """Atomically: a crash or a full disk never leaves a half-written checkpoint, nor a stray
-    .tmp."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch reports a failed write (full disk) as RuntimeError
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        reason = e if isinstance(e, OSError) else e.__context__ or e
-        raise SystemExit(f"error: could not write {path} ({reason}); the previous checkpoint is "
-                         f"intact: free some space, then continue with --init_from=resume"
-                         ) from None
-
-
-def open_run(cfg, given, master):
-    """Settle init_from, and on resume read the checkpoint: its config, with what is given
-    explicitly on top. Returns (config, checkpoint or None, {option: [checkpoint's, now]} for what
-    changed)."""
-    if cfg["init_from"] not in ("scratch", "resume", "auto"):
-        raise SystemExit(f"error: init_from={cfg['init_from']!r}: must be 'scratch', 'resume' or "
-                         f"'auto'")
-    ckpt_path = os.path.join(cfg["out_dir"], "ckpt.pt")
-    resume = (cfg["init_from"] == "resume"
-              or cfg["init_from"] == "auto" and os.path.exists(ckpt_path))
-    if resume and not os.path.exists(ckpt_path):
-        raise SystemExit(f"error: --init_from=resume but {ckpt_path} does not exist")
-    if not resume:
-        if os.path.exists(ckpt_path):
-            raise SystemExit(f"error: {ckpt_path} exists. Continue it with --init_from=resume, or "
-                             f"pick another --out_dir (or delete it) to start afresh")
-        return dict(cfg, init_from="scratch"), None, {}
-    ckpt = read_checkpoint(ckpt_path, ("config", "model", "optimizer"),
-                           hint="; start afresh in another out_dir")
-    saved = ckpt["config"]
-    # dropout is in the model config but shapes no weight: a resume may change it (with a warning)
-    diff = [k for k in MODEL_KEYS if k != "dropout" and k in given and cfg[k] != saved.get(k)]
-    if diff:
-        raise SystemExit(f"error: the checkpoint in {cfg['out_dir']} has a different architecture ("
-                         + "; ".join(f"{k}: {saved.get(k)!r} there, {cfg[k]!r} here" for k in diff)
-                         + "): resume with its config, or train into another out_dir")
-    changed = {k: [saved.get(k), cfg[k]] for k in sorted(given)
-               if k not in ("init_from", "out_dir") and cfg[k] != saved.get(k)}
-    cfg = {**DEFAULTS, **saved, **{k: cfg[k] for k in given},  # DEFAULTS: options added since
-           "init_from": "resume", "out_dir": cfg["out_dir"]}
-    if ckpt.get("data") not in (None, data_digest(cfg["data_dir"])):
-        changed["data"] = ["the data the checkpoint was trained on",
-                           f"other data in {cfg['data_dir']}"]
-    if master and changed:
-        print("warning: resuming with options that differ from the checkpoint's (which are used "
-              "otherwise):\n"
-              + "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in changed.items()),
-              flush=True)
-    return cfg, ckpt, changed
-
-
-# ---------------------------------------------------------------------------------------------
-# model, processes and devices
+def set_up(cfg, rt, ckpt):
+    """Tokenizers, data, model and optimizer; with a checkpoint, resumed from it."""
+    main_tok, side_toks, model_config = model_setup(cfg)
+    train_data, val_data, accum = load_data(cfg, rt, main_tok, side_toks)
+    raw_model, optimizer = build_model(cfg, model_config, rt.device, rt.attention, rt.rank)
+    if rt.attention == "flex" and not rt.use_compile:
+        print0("warning: flex attention without torch.compile runs an unfused, slow kernel")
+    run = Run(cfg, rt, main_tok, side_toks, model_config, train_data, val_data, accum, raw_model,
+              optimizer)
+    if ckpt is not None:
+        run.step, run.position, run.best_val = restore(ckpt, run)
+    run.ckpt_step = run.step
+    run.model = compile_and_wrap(raw_model, rt, cfg["compile_mode"])
+    run.flops_per_token = raw_model.flops_per_token()
+    print_summary(run)
+    # training packs side streams (no padding to compute); validation keeps one row per window, so
+    # that every token is scored, whatever else is in its batch
+    T, B = cfg["block_size"], cfg["batch_size"]
+    run.train_batches = Batches(train_data, T, main_tok, side_toks, model_config.streams,
+                                cfg["seed"], pack=packs(cfg, rt.attention),
+                                resegment=cfg["resegment"],
+                                pin=rt.device_type == "cuda")
+    run.val_windows = validation_windows(val_data, T, cfg["eval_tokens"], rt.rank, rt.world, B)
+    return run
 
 
 def model_setup(cfg):
@@ -339,95 +179,16 @@ def model_setup(cfg):
     return main_tok, side_toks, model_config
 
 
-def runtime(cfg):
-    """(device, device type, dtype, compile, attention), each 'auto' settled for this machine."""
-    device = pick_device(cfg["device"])
-    device_type = "cuda" if device.startswith("cuda") else device
-    dtype = cfg["dtype"]
-    if dtype == "auto":
-        bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()
-        dtype = "bfloat16" if bf16 else "float32"
-    use_compile = cfg["compile"] if cfg["compile"] != "auto" else device_type == "cuda"
-    attention = cfg["attention"]
-    if attention == "auto":
-        attention = "flex" if device_type == "cuda" else "sdpa"
-    return device, device_type, dtype, use_compile, attention
-
-
-def packs(cfg, attention):
-    """Whether training packs side streams: the pack key, 'auto' settled as with flex attention only
-    (a dense SDPA mask over a packed row of B * packed_budget elements grows with its square)."""
-    return cfg["pack"] if cfg["pack"] != "auto" else attention == "flex"
-
-
-def check_attention(model_config, attention):
-    head_dims = [model_config.n_embd // model_config.n_head]
-    head_dims += [s.n_embd // s.n_head for s in model_config.streams]
-    if attention == "flex" and min(head_dims) < 16:
-        raise SystemExit(f"error: fused flex attention needs head sizes of at least 16 (n_embd / "
-                         f"n_head), got {head_dims}; use fewer heads, or --attention=sdpa")
-
-
-def start_processes():
-    """(ddp, rank, local rank, world size), from torchrun's environment (single process without
-    it)."""
-    env = lambda key, default: int(os.environ.get(key, default))
-    return "RANK" in os.environ, env("RANK", 0), env("LOCAL_RANK", 0), env("WORLD_SIZE", 1)
-
-
-@dataclass
-class Runtime:
-    """This process among the others, and the device, precision and kernels it trains with."""
-    ddp: bool
-    rank: int
-    local_rank: int
-    world: int
-    device: str
-    device_type: str
-    dtype: str
-    use_compile: bool
-    attention: str
-    autocast: Any           # bfloat16 autocast, or a no-op
-    peak_flops: Any         # the device's dense bf16 FLOP/s where known (for MFU), else None
-
-    @property
-    def master(self):
-        return self.rank == 0
-
-    def print0(self, *args, **kwargs):
-        """print, on the first process only"""
-        if self.master:
-            print(*args, **kwargs, flush=True)
-
-
-def peak_flops(device):
-    """The device's dense bf16 peak in FLOP/s, for MFU; None where it is not known."""
-    if torch.device(device).type != "cuda":
-        return None
-    return next((v for k, v in PEAK_FLOPS.items() if k in torch.cuda.get_device_name(device)), None)
-
-
-def start_runtime(cfg):
-    """Settle the 'auto' options, pick this process's device and join the other processes."""
-    ddp, rank, local_rank, world = start_processes()
-    device, device_type, dtype, use_compile, attention = runtime(cfg)
-    check_dtype(dtype, device_type)
-    if ddp and device_type == "cuda":
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
-    if ddp:
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    autocast = (torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16"
-                else nullcontext())
-    # TF32 matmuls under bf16 autocast only: dtype=float32 means float32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype == "bfloat16"
-    peak = peak_flops(device)
-    return Runtime(ddp, rank, local_rank, world, device, device_type, dtype, use_compile, attention,
-                   autocast, peak)
-
-
-# ---------------------------------------------------------------------------------------------
-# data
+def load_data(cfg, rt, main_tok, side_toks):
+    """Both splits, and the micro-steps per optimizer step that make total_batch_size tokens."""
+    T = cfg["block_size"]
+    train_data, val_data = (load_split(cfg["data_dir"], split, main_tok, side_toks, T)
+                            for split in ("train", "val"))
+    per_step = cfg["batch_size"] * T * rt.world
+    if cfg["total_batch_size"] % per_step:
+        raise SystemExit(f"error: total_batch_size {cfg['total_batch_size']} is not a multiple of "
+                         f"batch_size * block_size * processes = {per_step}")
+    return train_data, val_data, cfg["total_batch_size"] // per_step
 
 
 def load_split(data_dir, split, main_tok, side_toks, T):
@@ -439,6 +200,73 @@ def load_split(data_dir, split, main_tok, side_toks, T):
         raise SystemExit(f"error: the {split} split has {corpus.n_tokens} tokens, too few for "
                          f"block_size {T}")
     return corpus
+
+
+def build_model(cfg, model_config, device, attention, rank=0):
+    """The model and its optimizer (bench.py builds them here too, to time what trains). Each
+    process seeds its own random stream (seed + rank), so that dropout masks differ between
+    processes; DDP starts them all from rank 0's weights."""
+    torch.manual_seed(cfg["seed"] + rank)
+    model = GPT(model_config).to(device)
+    model.attention = attention
+    model.drop_embeddings = cfg["embed_dropout"] > 0
+    check_attention(model_config, attention)
+    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"],
+                                          (cfg["beta1"], cfg["beta2"]), torch.device(device).type,
+                                          cfg["branch_lr_scale"])
+    return model, optimizer
+
+
+def compile_and_wrap(model, rt, mode="default"):
+    """What the loop runs: the model compiled (torch.compile) and/or wrapped for DDP."""
+    if rt.use_compile:
+        model = compile_model(model, mode)
+    if rt.ddp:
+        # the only buffers are constant rotary tables: no need to broadcast them at each forward
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None,
+            broadcast_buffers=False)
+    return model
+
+
+def print_summary(run):
+    rt, cfg, data = run.rt, run.cfg, run.train_data
+    counts = run.raw_model.param_counts()
+    print0("params: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
+    # the machine in the log too: runs summarised together may have trained on different ones
+    where = rt.device
+    if rt.device.startswith("cuda"):
+        where += f" ({torch.cuda.get_device_name(rt.device)})"
+    print0(f"flops/token {run.flops_per_token / 1e9:.2f} GFLOP | {rt.world} process(es) on "
+           f"{where} | torch {torch.__version__} | {rt.dtype} | compile {rt.use_compile} | "
+           f"attention {rt.attention}")
+    bytes_per_token = data.n_bytes / data.n_tokens
+    print0(f"data: train {data.n_tokens:,} tokens ({bytes_per_token:.2f} bytes/token), val "
+           f"{run.val_data.n_tokens:,} | batch {cfg['total_batch_size']:,} tokens = "
+           f"{cfg['batch_size']} x {cfg['block_size']} x {rt.world} proc x {run.accum} accum")
+
+
+def open_log(run, changes):
+    """log.jsonl, on the first process: started afresh, or on resume cut back to the checkpoint's
+    step, with a record of the resume."""
+    if not run.rt.master:
+        return None
+    cfg, path = run.cfg, os.path.join(run.cfg["out_dir"], "log.jsonl")
+    resumed_at = run.ckpt_step if cfg["init_from"] == "resume" else None
+    # as the loop decides: a step that is evaluated again has its old evaluation cut from the log
+    evaluates_first = run.step % cfg["eval_interval"] == 0 or run.step >= cfg["max_iters"]
+    start_log(path, resumed_at, changes, evaluates_first)
+    return open(path, "a")
+
+
+# ---------------------------------------------------------------------------------------------
+# data: which windows each step trains on, and which ones evaluation scores
+
+
+def packs(cfg, attention):
+    """Whether training packs side streams: the pack key, 'auto' settled as with flex attention only
+    (a dense SDPA mask over a packed row of B * packed_budget elements grows with its square)."""
+    return cfg["pack"] if cfg["pack"] != "auto" else attention == "flex"
 
 
 class Batches:
@@ -496,265 +324,6 @@ def validation_windows(corpus, T, eval_tokens, rank, world, B):
     return batches
 
 
-# ---------------------------------------------------------------------------------------------
-# schedules and numbers
-
-
-def si(x):
-    """x with three significant digits and an SI prefix that suits its size: 0.0512 -> 51.2m,
-    412e3 -> 412K"""
-    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "K"), (1, ""), (1e-3, "m")):
-        if abs(x) >= scale:
-            break
-    return f"{x / scale:.3g}{prefix}"
-
-
-def embed_dropout_at(it, cfg):
-    anneal = cfg["embed_dropout_anneal"] * cfg["max_iters"]
-    return cfg["embed_dropout"] * (max(0.0, 1 - it / anneal) if anneal > 0 else 1.0)
-
-
-def lr_at(it, cfg):
-    if it < cfg["warmup_iters"]:
-        return cfg["learning_rate"] * (it + 1) / cfg["warmup_iters"]
-    decay_iters = max(1, cfg["max_iters"] - cfg["warmup_iters"])
-    progress = min(1.0, (it - cfg["warmup_iters"]) / decay_iters)
-    lr, min_lr = cfg["learning_rate"], cfg["min_lr"]
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
-
-
-# ---------------------------------------------------------------------------------------------
-# setting up a run
-
-
-def configure(argv):
-    """The run's config (on resume: the checkpoint's, with what argv gives explicitly on top), the
-    checkpoint or None, and {option: [checkpoint's, now]} for what changed. The first process
-    locks out_dir."""
-    master = start_processes()[1] == 0
-    cfg, given = parse_config(argv)
-    cfg, ckpt, changes = open_run(cfg, given, master)
-    validate(cfg)
-    if master:
-        lock_out_dir(cfg["out_dir"])
-    return cfg, ckpt, changes
-
-
-@dataclass
-class Run:
-    """A training run: what set_up made, and the state that the loop advances and a checkpoint
-    holds (step, position, best_val)."""
-    cfg: dict
-    rt: Runtime
-    main_tok: Tokenizer
-    side_toks: list
-    model_config: GPTConfig
-    train_data: Corpus
-    val_data: Corpus
-    accum: int                      # micro-steps per optimizer step
-    raw_model: GPT
-    optimizer: torch.optim.Optimizer
-    model: Any = None               # what runs: raw_model, compiled and/or wrapped in DDP
-    flops_per_token: float = 0.0
-    train_batches: Batches = None
-    val_windows: list = None        # this process's validation batches
-    step: int = 0
-    position: int = 0               # global position of the next step's first window (Batches)
-    best_val: float = math.inf
-    ckpt_step: int = 0              # the checkpoint on disk holds this step: no need to rewrite it
-    log_file: Any = None            # log.jsonl, open on the first process only
-
-    @property
-    def ckpt_path(self):
-        return os.path.join(self.cfg["out_dir"], "ckpt.pt")
-
-    def log(self, **record):
-        """One line of log.jsonl, flushed at once (a crash loses no line)."""
-        if self.log_file:
-            self.log_file.write(json.dumps(record) + "\n")
-            self.log_file.flush()
-
-
-def set_up(cfg, rt, ckpt):
-    """Tokenizers, data, model and optimizer; with a checkpoint, resumed from it."""
-    main_tok, side_toks, model_config = model_setup(cfg)
-    train_data, val_data, accum = load_data(cfg, rt, main_tok, side_toks)
-    raw_model, optimizer = build_model(cfg, model_config, rt.device, rt.attention, rt.rank)
-    if rt.attention == "flex" and not rt.use_compile:
-        rt.print0("warning: flex attention without torch.compile runs an unfused, slow kernel")
-    run = Run(cfg, rt, main_tok, side_toks, model_config, train_data, val_data, accum, raw_model,
-              optimizer)
-    if ckpt is not None:
-        run.step, run.position, run.best_val = restore(ckpt, run)
-    run.ckpt_step = run.step
-    run.model = compile_and_wrap(raw_model, rt, cfg["compile_mode"])
-    run.flops_per_token = raw_model.flops_per_token()
-    print_summary(run)
-    # training packs side streams (no padding to compute); validation keeps one row per window, so
-    # that every token is scored, whatever else is in its batch
-    T, B = cfg["block_size"], cfg["batch_size"]
-    run.train_batches = Batches(train_data, T, main_tok, side_toks, model_config.streams,
-                                cfg["seed"], pack=packs(cfg, rt.attention),
-                                resegment=cfg["resegment"],
-                                pin=rt.device_type == "cuda")
-    run.val_windows = validation_windows(val_data, T, cfg["eval_tokens"], rt.rank, rt.world, B)
-    return run
-
-
-def load_data(cfg, rt, main_tok, side_toks):
-    """Both splits, and the micro-steps per optimizer step that make total_batch_size tokens."""
-    T = cfg["block_size"]
-    train_data, val_data = (load_split(cfg["data_dir"], split, main_tok, side_toks, T)
-                            for split in ("train", "val"))
-    per_step = cfg["batch_size"] * T * rt.world
-    if cfg["total_batch_size"] % per_step:
-        raise SystemExit(f"error: total_batch_size {cfg['total_batch_size']} is not a multiple of "
-                         f"batch_size * block_size * processes = {per_step}")
-    return train_data, val_data, cfg["total_batch_size"] // per_step
-
-
-def build_model(cfg, model_config, device, attention, rank=0):
-    """The model and its optimizer (bench.py builds them here too, to time what trains). Each
-    process seeds its own random stream (seed + rank), so that dropout masks differ between
-    processes; DDP starts them all from rank 0's weights."""
-    torch.manual_seed(cfg["seed"] + rank)
-    model = GPT(model_config).to(device)
-    model.attention = attention
-    model.drop_embeddings = cfg["embed_dropout"] > 0
-    check_attention(model_config, attention)
-    optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"],
-                                          (cfg["beta1"], cfg["beta2"]), torch.device(device).type,
-                                          cfg["branch_lr_scale"])
-    return model, optimizer
-
-
-def optimizer_step(model, optimizer, grad_clip):
-    """Clip the gradients' norm (grad_clip 0: no clipping), step, and drop the gradients. Returns
-    the norm before clipping."""
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm
-
-
-def restore(ckpt, run):
-    """Weights, optimizer and this process's random state from a checkpoint; returns (step, data
-    position, best val loss)."""
-    rt, path = run.rt, run.ckpt_path
-    changed = [t.spec for t in [run.main_tok] + run.side_toks
-               if ckpt["tokenizers"].get(t.spec) != t.fingerprint]
-    if changed:
-        raise SystemExit(f"error: tokenizer(s) {changed} differ from those the checkpoint was "
-                         f"trained with")
-    try:
-        run.raw_model.load_state_dict(ckpt["model"])
-    except (RuntimeError, ValueError) as e:
-        raise SystemExit(f"error: {path} does not fit this model.py: {str(e)[:500]}")
-    scales = [group.get("lr_scale", 1.0) for group in run.optimizer.param_groups]
-    try:
-        run.optimizer.load_state_dict(ckpt["optimizer"])
-    except ValueError as e:  # parameter groups differ: one of 1 and another branch_lr_scale
-        raise SystemExit(f"error: {path}: its optimizer state has other parameter groups ({e}); "
-                         f"was branch_lr_scale changed between 1 and another value?")
-    for group, scale in zip(run.optimizer.param_groups, scales):  # this run's, not the checkpoint's
-        group["lr_scale"] = scale
-    # older checkpoints hold rank 0's random state only
-    rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
-    if rt.rank < len(rngs):  # each process continues its own random stream (dropout differs)
-        torch.set_rng_state(rngs[rt.rank]["torch"])
-        if rt.device_type == "cuda" and rngs[rt.rank]["cuda"] is not None:
-            torch.cuda.set_rng_state(rngs[rt.rank]["cuda"])
-    if rt.world > len(rngs):
-        rt.print0(f"note: the checkpoint holds the random states of {len(rngs)} process(es); the "
-                  f"others start new ones")
-    rt.print0(f"resumed from {path} at step {ckpt['step']}")
-    return ckpt["step"], ckpt["position"], ckpt["best_val_loss"]
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-def compile_model(model, mode="default"):
-    """torch.compile with static shapes: training and evaluation batches each get their own graph.
-    With automatic dynamic shapes, the step-0 evaluation made the training graph recompile with
-    symbolic sizes; static graphs are the ones whose FlexAttention gradients were checked against
-    SDPA on an H200 (results/flex_gradient_bug/)."""
-    return torch.compile(model, dynamic=False, **({} if mode == "default" else dict(mode=mode)))
-
-
-def new_graph_step(mode):
-    """With CUDA graphs (reduce-overhead, max-autotune), each model call starts a new replay: the
-    previous call's outputs are no longer read (losses are summed into new tensors first)."""
-    if mode in ("reduce-overhead", "max-autotune"):
-        torch.compiler.cudagraph_mark_step_begin()
-
-
-def compile_and_wrap(model, rt, mode="default"):
-    """What the loop runs: the model compiled (torch.compile) and/or wrapped for DDP."""
-    if rt.use_compile:
-        model = compile_model(model, mode)
-    if rt.ddp:
-        # the only buffers are constant rotary tables: no need to broadcast them at each forward
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.local_rank] if rt.device_type == "cuda" else None,
-            broadcast_buffers=False)
-    return model
-
-
-def print_summary(run):
-    rt, cfg, data = run.rt, run.cfg, run.train_data
-    counts = run.raw_model.param_counts()
-    rt.print0("params: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
-    # the machine in the log too: runs summarised together may have trained on different ones
-    where = rt.device
-    if rt.device.startswith("cuda"):
-        where += f" ({torch.cuda.get_device_name(rt.device)})"
-    rt.print0(f"flops/token {run.flops_per_token / 1e9:.2f} GFLOP | {rt.world} process(es) on "
-              f"{where} | torch {torch.__version__} | {rt.dtype} | compile {rt.use_compile} | "
-              f"attention {rt.attention}")
-    bytes_per_token = data.n_bytes / data.n_tokens
-    rt.print0(f"data: train {data.n_tokens:,} tokens ({bytes_per_token:.2f} bytes/token), val "
-              f"{run.val_data.n_tokens:,} | batch {cfg['total_batch_size']:,} tokens = "
-              f"{cfg['batch_size']} x {cfg['block_size']} x {rt.world} proc x {run.accum} accum")
-
-
-def open_log(run, changes):
-    """log.jsonl, on the first process: started afresh, or on resume cut back to the checkpoint's
-    step, with a record of the resume."""
-    if not run.rt.master:
-        return None
-    cfg, path = run.cfg, os.path.join(run.cfg["out_dir"], "log.jsonl")
-    resumed_at = run.ckpt_step if cfg["init_from"] == "resume" else None
-    # as the loop decides: a step that is evaluated again has its old evaluation cut from the log
-    evaluates_first = run.step % cfg["eval_interval"] == 0 or run.step >= cfg["max_iters"]
-    start_log(path, resumed_at, changes, evaluates_first)
-    return open(path, "a")
-
-
-# ---------------------------------------------------------------------------------------------
-# the pieces of a training step
-
-
-class StopSignal:
-    """Ctrl-C or SIGTERM asks the loop to finish its step, save a checkpoint and exit."""
-
-    def __init__(self, print0):
-        self.signum = 0  # the signal that asked to stop
-        self.print0 = print0
-        signal.signal(signal.SIGINT, self.handle)
-        signal.signal(signal.SIGTERM, self.handle)
-
-    def handle(self, signum, frame):
-        if self.signum:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: leave now
-            # a job's SIGTERM can come twice (sent to every process, and forwarded by torchrun)
-            return
-        self.signum = signum
-        self.print0(f"\n{signal.Signals(signum).name}: finishing this step, then saving a "
-                    f"checkpoint")
-
-
 class Prefetch:
     """Makes the next step's micro-batches in a thread while this step computes."""
 
@@ -782,6 +351,62 @@ class Prefetch:
 
     def close(self):
         self.pool.shutdown(cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# a training step: schedules, forward and backward, optimizer, the log line
+
+
+def lr_at(it, cfg):
+    if it < cfg["warmup_iters"]:
+        return cfg["learning_rate"] * (it + 1) / cfg["warmup_iters"]
+    decay_iters = max(1, cfg["max_iters"] - cfg["warmup_iters"])
+    progress = min(1.0, (it - cfg["warmup_iters"]) / decay_iters)
+    lr, min_lr = cfg["learning_rate"], cfg["min_lr"]
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def embed_dropout_at(it, cfg):
+    anneal = cfg["embed_dropout_anneal"] * cfg["max_iters"]
+    return cfg["embed_dropout"] * (max(0.0, 1 - it / anneal) if anneal > 0 else 1.0)
+
+
+def set_schedules(run):
+    """This step's learning rate and embedding dropout; returns the learning rate."""
+    lr = lr_at(run.step, run.cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    run.raw_model.embed_dropout.fill_(embed_dropout_at(run.step, run.cfg))
+    return lr
+
+
+def train_step(run, batches, meter):
+    """Forward and backward over this process's micro-batches, then one optimizer step. Returns
+    the micro-batches' summed loss (on the device: no sync) and the gradient norm."""
+    rt, accum = run.rt, run.accum
+    loss_sum = 0.0
+    for m, batch in enumerate(batches):
+        inputs = batch_inputs(batch, rt.device)
+        meter.count(batch)
+        # DDP: all-reduce gradients only after the last micro-step
+        with (run.model.no_sync() if rt.ddp and m < accum - 1 else nullcontext()):
+            new_graph_step(run.cfg["compile_mode"])
+            with rt.autocast:
+                _, loss = run.model(**inputs)
+            (loss / accum).backward()
+        loss_sum = loss_sum + loss.detach()
+    grad_norm = optimizer_step(run.raw_model, run.optimizer, run.cfg["grad_clip"])
+    run.step += 1
+    return loss_sum, grad_norm
+
+
+def optimizer_step(model, optimizer, grad_clip):
+    """Clip the gradients' norm (grad_clip 0: no clipping), step, and drop the gradients. Returns
+    the norm before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
 
 class Meter:
@@ -820,45 +445,13 @@ class Meter:
         return lost, dropped
 
 
-def set_schedules(run):
-    """This step's learning rate and embedding dropout; returns the learning rate."""
-    lr = lr_at(run.step, run.cfg)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-    run.raw_model.embed_dropout.fill_(embed_dropout_at(run.step, run.cfg))
-    return lr
-
-
-def train_step(run, batches, meter):
-    """Forward and backward over this process's micro-batches, then one optimizer step. Returns
-    the micro-batches' summed loss (on the device: no sync) and the gradient norm."""
-    rt, accum = run.rt, run.accum
-    loss_sum = 0.0
-    for m, batch in enumerate(batches):
-        inputs = batch_inputs(batch, rt.device)
-        meter.count(batch)
-        # DDP: all-reduce gradients only after the last micro-step
-        with (run.model.no_sync() if rt.ddp and m < accum - 1 else nullcontext()):
-            new_graph_step(run.cfg["compile_mode"])
-            with rt.autocast:
-                _, loss = run.model(**inputs)
-            (loss / accum).backward()
-        loss_sum = loss_sum + loss.detach()
-    grad_norm = optimizer_step(run.raw_model, run.optimizer, run.cfg["grad_clip"])
-    run.step += 1
-    return loss_sum, grad_norm
-
-
-def agree_to_stop(rt, signum, at_log):
-    """The signal that stops the run after this step, or 0. Every process must stop at the same
-    step: with DDP they agree at log steps (a host sync), not at every step."""
-    if not rt.ddp:
-        return signum
-    if not at_log:
-        return 0
-    flag = torch.tensor(float(signum), device=rt.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
+def si(x):
+    """x with three significant digits and an SI prefix that suits its size: 0.0512 -> 51.2m,
+    412e3 -> 412K"""
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "K"), (1, ""), (1e-3, "m")):
+        if abs(x) >= scale:
+            break
+    return f"{x / scale:.3g}{prefix}"
 
 
 def log_progress(run, meter, loss_sum, lr, grad_norm):
@@ -873,11 +466,15 @@ def log_progress(run, meter, loss_sum, lr, grad_norm):
     lost, dropped = meter.side_shares()
     side = "".join(f" | {t.name} lost {100 * f:.2f}% dropped {100 * d:.2f}%"
                    for t, f, d in zip(side_toks, lost, dropped))
-    run.rt.print0(f"step {step}/{cfg['max_iters']} | loss {loss:.4f} | lr {lr:.2e} | norm "
-                  f"{grad_norm:.2f} | {si(dt)}s | {si(tok_s)} tok/s{mfu}{side} | eta "
-                  f"{eta / 60:.1f}min")
+    print0(f"step {step}/{cfg['max_iters']} | loss {loss:.4f} | lr {lr:.2e} | norm "
+           f"{grad_norm:.2f} | {si(dt)}s | {si(tok_s)} tok/s{mfu}{side} | eta "
+           f"{eta / 60:.1f}min")
     run.log(step=step, loss=loss, lr=lr, dt=dt, tok_s=tok_s, lost=lost.tolist(),
             dropped=dropped.tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
 
 
 @torch.no_grad()
@@ -911,49 +508,10 @@ def evaluate_and_save(run, last):
     last one only."""
     val_loss, val_bpb = evaluate(run)
     run.best_val = min(run.best_val, val_loss)
-    run.rt.print0(f"step {run.step}: val loss {val_loss:.4f} | val bpb {val_bpb:.4f}")
+    print0(f"step {run.step}: val loss {val_loss:.4f} | val bpb {val_bpb:.4f}")
     run.log(step=run.step, val_loss=val_loss, val_bpb=val_bpb)
     if run.step > run.ckpt_step and (run.cfg["ckpt_interval"] == 0 or last):
         save_checkpoint(run)
-
-
-def save_checkpoint(run):
-    """Every process calls this (it gathers their random states); the first one writes the file,
-    which holds tensors and plain data only (read back with weights_only=True)."""
-    rt = run.rt
-    mine = {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state() if rt.device_type == "cuda" else None}
-    rngs = [mine]
-    if rt.ddp:
-        rngs = [None] * rt.world
-        dist.all_gather_object(rngs, mine)
-    if not rt.master:
-        return
-    state = {"model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
-             "config": run.cfg, "model_config": asdict(run.model_config), "step": run.step,
-             "position": run.position, "best_val_loss": run.best_val,
-             "data": data_digest(run.cfg["data_dir"]),
-             "tokenizers": {t.spec: t.fingerprint for t in [run.main_tok] + run.side_toks},
-             "rng": rngs}
-    write_checkpoint(run.ckpt_path, state)
-
-
-def finish(run, prefetch, t_start, exit_status):
-    prefetch.close()
-    run.rt.print0(f"done in {(time.time() - t_start) / 60:.1f} min; best val loss "
-                  f"{run.best_val:.4f}")
-    if run.log_file:
-        run.log_file.close()
-    unlock_out_dir()
-    if run.rt.ddp:
-        # Every process leaves together, then ends here, skipping the interpreter's teardown: there,
-        # freeing DDP's reducer destroys the gloo process group while holding the GIL, and joins a
-        # gloo thread that may be waiting for the GIL to free a finished collective's tensors (a
-        # torch deadlock, seen in CI with torch 2.13 and two CPU processes). Nothing is left to save.
-        dist.barrier()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(exit_status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -965,7 +523,7 @@ def main(argv):
     rt = start_runtime(cfg)
     run = set_up(cfg, rt, ckpt)
     del ckpt  # restored into the model and optimizer: free its memory
-    stop = StopSignal(rt.print0)
+    stop = StopSignal(print0)
     run.log_file = open_log(run, changes)
     prefetch = Prefetch(run)
     t_start = time.time()
@@ -991,10 +549,16 @@ def main(argv):
             # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
             exit_status = 128 + stopping
             save_checkpoint(run)
-            rt.print0(f"stopped at step {run.step}; continue with --init_from=resume (checkpoint "
-                      f"{run.ckpt_path})")
+            print0(f"stopped at step {run.step}; continue with --init_from=resume (checkpoint "
+                   f"{run.ckpt_path})")
             break
-    finish(run, prefetch, t_start, exit_status)
+    prefetch.close()
+    print0(f"done in {(time.time() - t_start) / 60:.1f} min; best val loss {run.best_val:.4f}")
+    if run.log_file:
+        run.log_file.close()
+    unlock_out_dir()
+    if rt.ddp:
+        end_processes(exit_status)
     if exit_status:  # a scheduler (or torchrun) sees that the run did not finish
         raise SystemExit(exit_status)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import train
-from data import Corpus, collate
-from model import GPT, GPTConfig, batch_inputs
+from data import Corpus, batch_inputs, collate
+from model import GPT, GPTConfig
 from test_model import BYTES, VARIANTS, randomize_cross
 
 T = 48
@@ -47,8 +47,8 @@ def canonical(toks, text):
 
 
 # a budget far below the window's bytes: what is kept must not depend on how long later tokens are;
-# every layer reading only its own token's bytes (config/gpt2_bytes_all_layers_local0.py), with one
-# key/value projection for all (..._shared_kv.py); some layers above 0 doing so (..._every3_local0.py)
+# every layer reading only its own token's bytes (config/bytes_own.py), with one key/value projection for
+# all (config/speed/bytes_all_layers_local0_shared_kv.py); some layers above 0 doing so (config/bytes_every3.py)
 CAUSAL_VARIANTS = dict(VARIANTS, tight_budget=[dict(BYTES, budget=64)],
                        all_layers_local0=[dict(BYTES, cross_layers="all", locality=0)],
                        upper_layer_local0=[dict(BYTES, cross_layers=[1], locality=0)],

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import evaluate
-import tasks
 from conftest import PLAIN
+from lab import probes, tasks
+from lab.scorer import progress
 from model import GPT, GPTConfig
 from test_evaluate import TEXT, WORDS, save_checkpoint, tiny_model
 
@@ -56,7 +57,7 @@ def test_branch_hooks_zero_exactly_one_stream_and_measure_its_norm(toks, paralle
     side_toks = [toks["bytes"], toks["bpe400"]]
     scorer = evaluate.Scorer(model, toks["bpe300"], side_toks, "cpu", batch_tokens=200)
     before = logits(model, scorer, PLAIN[:30])
-    hooks = evaluate.BranchHooks(model)
+    hooks = probes.BranchHooks(model)
     for s in (0, 1):
         hooks.zeroed = {s}
         ref = without_stream(model, s)
@@ -79,13 +80,13 @@ def test_branch_hooks_zero_exactly_one_stream_and_measure_its_norm(toks, paralle
     assert torch.equal(logits(model, scorer, PLAIN[:30]), before), "removed hooks change nothing"
     # cross-attention that adds nothing (as at initialisation) has a share of 0
     silent = without_stream(model, 0)
-    hooks = evaluate.BranchHooks(silent)
+    hooks = probes.BranchHooks(silent)
     hooks.recording = True
     logits(silent, scorer, PLAIN[:30])
     hooks.count(mask)
     assert hooks.norm_share(0) == {"0": 0.0} and hooks.norm_share(1)["1"] > 0
     # a packed batch: cross-attention ran its 2 x 3 tokens as one row of 6
-    hooks = evaluate.BranchHooks(silent)
+    hooks = probes.BranchHooks(silent)
     hooks.last = {0: torch.ones(2, 3), (0, 0): torch.arange(6.0)[None]}
     hooks.count(torch.tensor([[True, True, True], [False, False, True]]))
     assert hooks.sums[0, 0] == [0 + 1 + 2 + 5, 4]
@@ -107,7 +108,7 @@ def test_branch_usage_against_models_without_the_stream(toks):
         assert set(r["norm_share"]) == {str(l) for l in r["layers"]}
         assert math.isclose(r["zeroed"]["text_bpb"], evaluate.text_bpb(ref, data)["bpb"], rel_tol=1e-5)
         assert math.isclose(r["zeroed"]["text2_bpb"], evaluate.text_bpb(ref, data2)["bpb"], rel_tol=1e-5)
-        assert r["zeroed"]["task_acc"] == evaluate.choice_accuracy(ref, items, "")[0]
+        assert r["zeroed"]["task_acc"] == probes.choice_accuracy(ref, items, "")[0]
         assert r["delta"]["text_bpb"] == r["zeroed"]["text_bpb"] - out["text_bpb"] != 0
     # the hooks are gone afterwards, and a baseline has nothing to measure
     assert not any(b._forward_pre_hooks or any(c._forward_hooks for c in b.cross) for b in model.blocks)
@@ -208,6 +209,6 @@ def test_text_windows_reproduce_train_py_val_bpb(trained, dataset, toks):
 
 def test_progress_shows_time_left(capsys):
     assert [evaluate.duration(s) for s in (42, 200, 3 * 3600, float("nan"))] == ["42s", "3.3min", "3.0h", "?"]
-    evaluate.progress("ckpt", "text bpb windows", 5, 20, t0=evaluate.time.time() - 10, unit="batch ")
+    progress("ckpt", "text bpb windows", 5, 20, t0=evaluate.time.time() - 10, unit="batch ")
     line = capsys.readouterr().err
     assert "batch 5/20 (25%)" in line and "eta 30s" in line

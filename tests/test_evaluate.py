@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import evaluate
+import perturb
 import prepare
 import sample
-import tasks
 from conftest import HARD_DOCS, PLAIN, write_jsonl
-from data import Corpus, collate, read_array
+from data import Corpus, batch_inputs, collate, read_array
+from lab import probes, tasks
 from tokenizers import EOT_BYTE, Tokenizer
-from model import GPT, GPTConfig, batch_inputs
+from model import GPT, GPTConfig
 
 TEXT = ("Once upon a time, the quick brown fox jumped over the lazy dog near the Riverside Garden. "
         "She sells sea shells by the sea shore; the shells she sells are surely sea shells! "
@@ -35,14 +36,14 @@ def changed_units(a, b):
     return sum(x != y for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("kind", list(evaluate.NOISE_DEFAULTS))
+@pytest.mark.parametrize("kind", list(perturb.NOISE_DEFAULTS))
 def test_noise_is_seeded_and_meets_its_rate(kind):
     text = TEXT
     rate = 0.3
-    out = evaluate.noise(text, kind, rate, seed=7)
-    assert out == evaluate.noise(text, kind, rate, seed=7), "same seed, same text"
-    assert len({evaluate.noise(text, kind, rate, seed=s) for s in range(5)}) > 1, "seeds must matter"
-    assert evaluate.noise(text, kind, 0.0, seed=7) == text, "rate 0 changes nothing"
+    out = perturb.noise(text, kind, rate, seed=7)
+    assert out == perturb.noise(text, kind, rate, seed=7), "same seed, same text"
+    assert len({perturb.noise(text, kind, rate, seed=s) for s in range(5)}) > 1, "seeds must matter"
+    assert perturb.noise(text, kind, 0.0, seed=7) == text, "rate 0 changes nothing"
     letters = sum(c.isalpha() for c in text)
     k = lambda n: int(rate * n + 0.5)
     if kind == "drop":
@@ -77,20 +78,20 @@ def test_noise_is_seeded_and_meets_its_rate(kind):
         whole = sum(len(w) > 1 for w in out.split())
         assert multi - k(len(words)) <= whole <= multi - k(len(words)) + single
         assert re.sub(r"\s", "", out).upper() == re.sub(r"\s", "", text).upper(), "only case and spacing change"
-        assert evaluate.noise("the cat  sat", kind, 1.0, seed=1) == " ".join("THE CAT  SAT")
+        assert perturb.noise("the cat  sat", kind, 1.0, seed=1) == " ".join("THE CAT  SAT")
     with pytest.raises(ValueError):
-        evaluate.noise(text, kind, 1.5, seed=0)
+        perturb.noise(text, kind, 1.5, seed=0)
 
 
 def test_blt_whole_text_forms():
     s = "Hello, wörld!\tthe  end"
-    assert evaluate.noise(s, "uppercase", 1.0, 0) == s.upper()
-    assert evaluate.noise(s, "antspeak", 1.0, 0) == " ".join(s.upper())
-    half = evaluate.noise("one two three four five six", "antspeak", 0.5, 3)
+    assert perturb.noise(s, "uppercase", 1.0, 0) == s.upper()
+    assert perturb.noise(s, "antspeak", 1.0, 0) == " ".join(s.upper())
+    half = perturb.noise("one two three four five six", "antspeak", 0.5, 3)
     assert sum(w.islower() for w in half.split()) == 3, half
-    assert evaluate.parse_noise("drop:0.2,swap") == {"drop": 0.2, "swap": evaluate.NOISE_DEFAULTS["swap"]}
+    assert perturb.parse_noise("drop:0.2,swap") == {"drop": 0.2, "swap": perturb.NOISE_DEFAULTS["swap"]}
     with pytest.raises(SystemExit, match="unknown kind"):
-        evaluate.parse_noise("typo:0.1")
+        perturb.parse_noise("typo:0.1")
 
 # ------------------------------------------------------------------------------------------------
 # non-canonical segmentation
@@ -109,9 +110,9 @@ def test_noncanonical_segmentation_spells_the_same_bytes(toks, rate):
         for text in [PLAIN, TEXT] + HARD_DOCS:
             ids = tok.encode(text)
             multi = sum(len(tok.token_bytes[i]) > 1 for i in ids)
-            new, n = evaluate.noncanonical(tok, ids, rate, seed=3)
+            new, n = perturb.noncanonical(tok, ids, rate, seed=3)
             assert tok.decode(new) == tok.decode(ids) == text.encode("utf-8"), "same bytes"
-            assert new == evaluate.noncanonical(tok, ids, rate, seed=3)[0], "seeded"
+            assert new == perturb.noncanonical(tok, ids, rate, seed=3)[0], "seeded"
             assert n == int(rate * multi + 0.5), "the rate is the share of multi-byte tokens split"
             assert all(0 <= i < tok.vocab_size and i != tok.eot and tok.token_bytes[i] for i in new)
             if rate == 0:
@@ -121,7 +122,7 @@ def test_noncanonical_segmentation_spells_the_same_bytes(toks, rate):
                 # it is still a valid input: a corpus accepts it as the spelling of the bytes
                 data = bytes([EOT_BYTE]) + text.encode()
                 Corpus.from_bytes(data, tok, [], main_ids=[tok.eot] + new)
-    assert evaluate.noncanonical(Tokenizer("bytes"), list(b"abc"), 1.0, 0) == ([97, 98, 99], 0)
+    assert perturb.noncanonical(Tokenizer("bytes"), list(b"abc"), 1.0, 0) == ([97, 98, 99], 0)
 
 # ------------------------------------------------------------------------------------------------
 # tasks: the word split, training documents, answers
@@ -272,11 +273,11 @@ def test_likelihood_scoring_matches_a_direct_computation(toks):
             assert math.isclose(ll, ref, rel_tol=1e-4, abs_tol=1e-4), (ctx, c, ll, ref)
             assert math.isclose(per_byte, ll / len(c.encode()), rel_tol=1e-9)
     # accuracy: the highest summed (or per-byte) log-likelihood wins
-    acc, acc_norm = evaluate.accuracy(got, [int(np.argmax([s[0] for s in got[0]])), 0, 1, 0])
+    acc, acc_norm = probes.accuracy(got, [int(np.argmax([s[0] for s in got[0]])), 0, 1, 0])
     assert acc >= 0.5 and 0 <= acc_norm <= 1
     # continuation bpb after a context: the same numbers, pooled over bytes
     pairs = [("The quick brown", " fox jumps"), (PLAIN[:150], " over the lazy dog")]
-    bpb = evaluate.pairs_bpb(scorer, [tok.encode(a) for a, _ in pairs], [tok.encode(b) for _, b in pairs], "")
+    bpb = probes.pairs_bpb(scorer, [tok.encode(a) for a, _ in pairs], [tok.encode(b) for _, b in pairs], "")
     ref = -sum(direct_loglik(model, tok, side, [tok.eot] + tok.encode(a) + tok.encode(b), 1 + len(tok.encode(a)))
                for a, b in pairs) / (math.log(2) * sum(len(b.encode()) for _, b in pairs))
     assert math.isclose(bpb, ref, rel_tol=1e-4)

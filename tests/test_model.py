@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import HARD_DOCS, PLAIN
-from data import Corpus, make_batch
 from attention import (attend, interval_block_lists, interval_block_mask, interval_mask, own_elements,
                        stream_block_lists)
-from model import GPT, Block, GPTConfig, batch_inputs, norm, rope
+from data import Corpus, batch_inputs, make_batch
+from model import GPT, Block, GPTConfig, norm, rope
 
 
 def make(toks, main="bpe300", streams=(), T=64, n_layer=2, seed=0):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import PLAIN, args, run_inprocess, val_losses
-from data import Corpus, collate, resegmented_window
-from model import GPT, GPTConfig, batch_inputs, next_element_targets
+from data import Corpus, batch_inputs, collate, resegmented_window
+from model import GPT, GPTConfig, next_element_targets
 from test_model import BYTES, TEXT, randomize_cross
 import train
 

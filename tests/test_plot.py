@@ -1,10 +1,10 @@
-"""plot.py: curves and a summary from train.py's log.jsonl, resumed runs included; matplotlib optional."""
+"""lab/plot.py: curves and a summary from train.py's log.jsonl, resumed runs included; matplotlib optional."""
 import json
 import sys
 
 import pytest
 
-import plot
+from lab import plot
 
 
 def write_log(folder, records):

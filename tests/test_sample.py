@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import sample
+from checkpoint import load_checkpoint
 from conftest import PLAIN
-from data import Corpus, collate
+from data import Corpus, batch_inputs, collate
 from tokenizers import EOT_BYTE, Tokenizer
-from model import batch_inputs, load_checkpoint
 
 
 def test_sampling_prints_the_prompt_and_more(trained, capsys):

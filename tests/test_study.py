@@ -1,4 +1,4 @@
-"""study.py: the statistics against hand-computed numbers, the training log's time, and the runner end to end
+"""lab/study.py: the statistics against hand-computed numbers, the training log's time, and the runner end to end
 on CPU (tiny arms x 2 seeds): summary.json, wall-clock matching, failed arms, resume and skip."""
 import importlib.util
 import json
@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-import study
 from conftest import PLAIN, ROOT, run_inprocess
+from lab import study
 
 TINY = dict(block_size=32, n_layer=1, n_head=2, n_embd=32, batch_size=4, total_batch_size=128, max_iters=6,
             eval_interval=3, eval_tokens=128, log_interval=1, warmup_iters=2, learning_rate=3e-3, min_lr=3e-4,
@@ -150,7 +150,7 @@ def test_wall_clock_ratio_measured_once_by_bench(dataset, toks, tmp_path, capsys
 
 
 def run_study(arms, out, *extra):
-    cmd = [sys.executable, "study.py", *arms, "--seeds=2", f"--out={out}", "--parallel=2",
+    cmd = [sys.executable, "-m", "lab.study", *arms, "--seeds=2", f"--out={out}", "--parallel=2",
            f"--eval_args={EVAL}", *extra]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
 

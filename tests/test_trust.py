@@ -21,6 +21,7 @@ import data
 import tokenizers
 import evaluate
 import prepare
+import runtime
 import sample
 import train
 from conftest import PLAIN, ROOT, args, run_inprocess, weights, write_array, write_jsonl
@@ -148,8 +149,8 @@ def test_every_bad_value_gets_its_line(dataset, toks, tmp_path):
 def test_bfloat16_is_refused_on_a_gpu_without_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     with pytest.raises(SystemExit, match="this GPU has no bfloat16; use --dtype=float32"):
-        train.check_dtype("bfloat16", "cuda")
-    train.check_dtype("bfloat16", "cpu")  # CPU autocast runs bfloat16: what is logged is what runs
+        runtime.check_dtype("bfloat16", "cuda")
+    runtime.check_dtype("bfloat16", "cpu")  # CPU autocast runs bfloat16: what is logged is what runs
 
 
 def test_grad_clip_zero_means_no_clipping(dataset, toks, tmp_path):

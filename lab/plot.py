@@ -3,19 +3,23 @@ Training curves from train.py's log.jsonl: train/val loss and val bits-per-byte 
 against wall-clock, several runs on one figure (PNG; needs matplotlib), and a summary table (needs
 nothing).
 
-    python plot.py out-cpu-demo                            # the table, and out-cpu-demo/curves.png
-    python plot.py out-a out-b --out curves.png            # several runs on one figure
-    python plot.py out-a results/x/log.jsonl --table       # the table only (no matplotlib needed)
+    python -m lab.plot out-cpu-demo                        # the table, and out-cpu-demo/curves.png
+    python -m lab.plot out-a out-b --out curves.png        # several runs on one figure
+    python -m lab.plot out-a results/x/log.jsonl --table   # the table only (no matplotlib needed)
 
 Wall-clock is training time as train.py measures it: every log line's dt (seconds per step since the
 previous log line or evaluation) times those steps, summed. Evaluation and start-up are left out;
 compilation (in the first interval after each start) is in. A resumed run continues its log from the
 checkpoint's step; where an older log has a step twice (resumed from an earlier checkpoint), the
 later values count.
+
+study_plots draws a study's figures from its summary (lab/study.py).
 """
 import argparse
 import json
 import os
+import re
+import statistics
 
 
 def load_run(path):
@@ -153,6 +157,7 @@ def zoom_past_start(ax):
 
 def main(argv=None):
     p = argparse.ArgumentParser(
+        prog="python -m lab.plot",
         description="Loss and bits-per-byte curves of train.py runs, and a summary.")
     p.add_argument("runs", nargs="+", help="run folders (out_dir of train.py) or log.jsonl files")
     p.add_argument("--out", help="PNG to write (default: curves.png in the first run's folder)")
@@ -168,6 +173,79 @@ def main(argv=None):
         return
     plot(runs, out)
     print(f"wrote {out}")
+
+
+
+# ------------------------------------------------------------------------------------------------
+# a study's figures, from its summary (lab/study.py)
+
+NOISE = re.compile(r"^(noise|segmentation)(2?)\.(kinds|rates)\.(.+)\.delta$")
+TASKS = re.compile(r"^(tasks|task_groups\.[^.]+)\.([^.]+)\.acc$")
+
+
+def study_plots(out, arms, curves):
+    """A study's figures (lab/study.py): curves.png, noise.png and tasks.png in out."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return print("note: matplotlib is not installed: no plots (pip install matplotlib)")
+    curve_plot(plt, out, curves)
+    bar_plots(plt, out, arms)
+    print(f"wrote the plots to {out}")
+
+
+def curve_plot(plt, out, curves):
+    """curves.png: val bpb against tokens and against training time, per arm."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    # mean over seeds at the steps all seeds evaluated, step 0 left out
+    for arm, by_seed in curves.items():
+        steps = sorted(set.intersection(*(set(c) for c in by_seed.values())) - {0})
+        mean = lambda i, scale: [statistics.fmean(c[s][i] for c in by_seed.values()) / scale
+                                 for s in steps]
+        for ax, (i, scale) in zip(axes, ((0, 1e6), (1, 60))):
+            ax.plot(mean(i, scale), mean(2, 1), marker=".", label=arm)
+    for ax, x in zip(axes, ("tokens (M)", "training time (min; compilation in, evaluation out)")):
+        ax.set(xlabel=x, ylabel="val bits/byte (mean over seeds)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "curves.png"), dpi=120)
+
+
+def bar_plots(plt, out, arms):
+    """noise.png and tasks.png: a bar per arm and metric, a panel per domain or word group."""
+    noise_panel = lambda m: ("second domain (--text2)" if m[2] else "in domain",
+                             ("seg " if m[3] == "rates" else "") + m[4])
+    task_panel = lambda m: ("held-out words" if m[1] == "tasks" else m[1].split(".")[1] + " words",
+                            m[2])
+    figures = (("noise.png", NOISE, noise_panel, "Δ bits/byte after noise"),
+               ("tasks.png", TASKS, task_panel, "accuracy"))
+    for file, pattern, panel, ylabel in figures:
+        panels = {}  # title -> {x label: metric}
+        for name in dict.fromkeys(n for e in arms.values() for n in e):
+            if pattern.match(name):
+                title, x = panel(pattern.match(name))
+                panels.setdefault(title, {})[x] = name
+        if not panels:
+            continue
+        fig, axes = plt.subplots(len(panels), 1, figsize=(13, 4 * len(panels)), squeeze=False)
+        width = 0.8 / len(arms)
+        one_seed = all(len(e["seeds"]) == 1 for e in arms.values())  # no spread to show
+        for ax, (title, names) in zip(axes[:, 0], panels.items()):
+            for i, (arm, e) in enumerate(arms.items()):
+                ms = [e.get(n, {}) for n in names.values()]
+                ax.bar([k + i * width for k in range(len(names))], [m.get("mean") or 0 for m in ms],
+                       width, yerr=None if one_seed else [m.get("sd") or 0 for m in ms],
+                       capsize=2, label=arm)
+            ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], list(names))
+            ax.set(title=title, ylabel=ylabel + (" (one seed)" if one_seed
+                                                 else " (mean ± sd over seeds)"))
+            ax.grid(axis="y", alpha=0.3)
+        axes[0, 0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, file), dpi=120)
 
 
 if __name__ == "__main__":

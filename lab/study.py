@@ -3,9 +3,9 @@ A seeded study: train arm configs x seeds at once on one machine, evaluate every
 evaluate.py, and summarise: mean ± sd over seeds per arm and metric, the paired difference (same
 seed) to the baseline arm with a 95% t-interval, and plots.
 
-    python study.py config/study/*.py --seeds=3 --out=results/study --text2=wikipedia/val.jsonl.xz
+    python -m lab.study config/study/*.py --seeds=3 --out=results/study --text2=wikipedia/val.jsonl.xz
     # the plan; nothing runs:
-    python study.py config/study/*.py --max_iters=100 --parallel=4 --dry_run
+    python -m lab.study config/study/*.py --max_iters=100 --parallel=4 --dry_run
 
 An arm is a train.py config file, named by its file name. Run ARM_sS is `train.py ARM --seed=S
 --out_dir=OUT/runs/ARM_sS` (output: train.log there). evaluate.py then scores every run on the arms'
@@ -34,10 +34,12 @@ import time
 import torch
 
 import train
+from configurator import read_config_file
 from data import write_atomic
+from lab.plot import study_plots
 from model import GPT, GPTConfig
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 PROGRESS_S = 30  # seconds between progress lines
 OOM_RETRIES = 2  # times a job that died out of GPU memory runs again
 GPU_JOBS = 24  # most jobs at once on a GPU by default, fewer where memory is short:
@@ -52,14 +54,12 @@ T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
 # zeroed = intact + delta, bpb after noise = clean + delta)
 HIDDEN = re.compile(r"acc_norm$|(kinds|rates)\..+\.bpb$|canonical_bpb$|^branch\.(text|task)"
                     r"|\.zeroed\.")
-NOISE = re.compile(r"^(noise|segmentation)(2?)\.(kinds|rates)\.(.+)\.delta$")
-TASKS = re.compile(r"^(tasks|task_groups\.[^.]+)\.([^.]+)\.acc$")
 
 # ------------------------------------------------------------------------------------------------
 # the plan: arms, time matching, runs
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lab.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arms", nargs="+", help="train.py config files, one per arm")
     p.add_argument("--seeds", type=int, default=3, help="seeds 1..N for every arm")
@@ -93,7 +93,7 @@ def load_arms(args):
         arm = arms[name] = dict(path=path, cfg=None, match=None, error=None)
         try:
             arm["cfg"], _ = train.parse_config([path] + overrides)
-            arm["match"] = train.read_config_file(path).get("_match_time_of")
+            arm["match"] = read_config_file(path).get("_match_time_of")
         except SystemExit as e:  # this arm fails; the study goes on
             arm["error"] = str(e).splitlines()[0].removesuffix(" Valid keys:")
     if args.baseline not in arms or arms[args.baseline]["error"]:
@@ -448,7 +448,7 @@ def study_settings(args, argv, arms, ratios, runs, problems, t0):
     git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True,
                                     text=True).stdout.strip()
     evals = [p for p in (f"{r['dir']}/eval.json" for r in runs) if os.path.exists(p)]
-    return dict(command=shlex.join(["python", "study.py", *argv]), commit=git("rev-parse", "HEAD"),
+    return dict(command=shlex.join(["python", "-m", "lab.study", *argv]), commit=git("rev-parse", "HEAD"),
                 # tracked files changed (new files, such as this study's own runs, are not code)
                 dirty=bool(git("status", "--porcelain", "--untracked-files=no")), torch=torch.__version__,
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
@@ -505,70 +505,6 @@ def write_summary(out, summary, baseline):
     print(table)
 
 
-def plots(out, arms, curves):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return print("note: matplotlib is not installed: no plots (pip install matplotlib)")
-    curve_plot(plt, out, curves)
-    bar_plots(plt, out, arms)
-    print(f"wrote the plots to {out}")
-
-
-def curve_plot(plt, out, curves):
-    """curves.png: val bpb against tokens and against training time, per arm."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    # mean over seeds at the steps all seeds evaluated, step 0 left out
-    for arm, by_seed in curves.items():
-        steps = sorted(set.intersection(*(set(c) for c in by_seed.values())) - {0})
-        mean = lambda i, scale: [statistics.fmean(c[s][i] for c in by_seed.values()) / scale
-                                 for s in steps]
-        for ax, (i, scale) in zip(axes, ((0, 1e6), (1, 60))):
-            ax.plot(mean(i, scale), mean(2, 1), marker=".", label=arm)
-    for ax, x in zip(axes, ("tokens (M)", "training time (min; compilation in, evaluation out)")):
-        ax.set(xlabel=x, ylabel="val bits/byte (mean over seeds)")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "curves.png"), dpi=120)
-
-
-def bar_plots(plt, out, arms):
-    """noise.png and tasks.png: a bar per arm and metric, a panel per domain or word group."""
-    noise_panel = lambda m: ("second domain (--text2)" if m[2] else "in domain",
-                             ("seg " if m[3] == "rates" else "") + m[4])
-    task_panel = lambda m: ("held-out words" if m[1] == "tasks" else m[1].split(".")[1] + " words",
-                            m[2])
-    figures = (("noise.png", NOISE, noise_panel, "Δ bits/byte after noise"),
-               ("tasks.png", TASKS, task_panel, "accuracy"))
-    for file, pattern, panel, ylabel in figures:
-        panels = {}  # title -> {x label: metric}
-        for name in dict.fromkeys(n for e in arms.values() for n in e):
-            if pattern.match(name):
-                title, x = panel(pattern.match(name))
-                panels.setdefault(title, {})[x] = name
-        if not panels:
-            continue
-        fig, axes = plt.subplots(len(panels), 1, figsize=(13, 4 * len(panels)), squeeze=False)
-        width = 0.8 / len(arms)
-        one_seed = all(len(e["seeds"]) == 1 for e in arms.values())  # no spread to show
-        for ax, (title, names) in zip(axes[:, 0], panels.items()):
-            for i, (arm, e) in enumerate(arms.items()):
-                ms = [e.get(n, {}) for n in names.values()]
-                ax.bar([k + i * width for k in range(len(names))], [m.get("mean") or 0 for m in ms],
-                       width, yerr=None if one_seed else [m.get("sd") or 0 for m in ms],
-                       capsize=2, label=arm)
-            ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], list(names))
-            ax.set(title=title, ylabel=ylabel + (" (one seed)" if one_seed
-                                                 else " (mean ± sd over seeds)"))
-            ax.grid(axis="y", alpha=0.3)
-        axes[0, 0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, file), dpi=120)
-
-
 def write_json(path, obj):
     write_atomic(path, json.dumps(obj, indent=1, default=str))
 
@@ -597,7 +533,7 @@ def main(argv=None):
     settings = study_settings(args, argv, arms, ratios, trained, problems, t0)
     summary = {"arms": summarise(per_run, args.baseline), "settings": settings}
     write_summary(args.out, summary, args.baseline)
-    plots(args.out, summary["arms"], curves)
+    study_plots(args.out, summary["arms"], curves)
     if problems:
         arms_failed = ", ".join(dict.fromkeys(a for a, _ in problems))
         print(f"error: arms with failed runs: {arms_failed} (the summary holds the rest):\n  "
