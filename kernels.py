@@ -56,9 +56,9 @@ def _own_fwd(Q, K, V, O, LSE, LO, HI, sq_r, sq_h, sq_q, sk_r, sk_h, sk_n, sv_r, 
 
 @triton.jit
 def _own_bwd(Q, K, V, O, DO, LSE, LO, HI, DQ, DK, DV, sq_r, sq_h, sq_q, sk_r, sk_h, sk_n,
-             sv_r, sv_h, sv_n, so_r, so_h, so_q, sdo_r, sdo_h, sdo_q, n_head, n_query, scale,
+             sv_r, sv_h, sv_n, so_r, so_h, so_q, sdo_r, sdo_h, sdo_q, sdq_r, sdq_h, sdq_q,
+             sdk_r, sdk_h, sdk_n, sdv_r, sdv_h, sdv_n, n_head, n_query, scale,
              D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
-    """dK, dV and dQ use the strides of K, V and Q (they are allocated like them)."""
     rh = tl.program_id(1)
     r, h = rh // n_head, rh % n_head
     qi = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -66,8 +66,8 @@ def _own_bwd(Q, K, V, O, DO, LSE, LO, HI, DQ, DK, DV, sq_r, sq_h, sq_q, sk_r, sk
     lo = tl.load(LO + r * n_query + qi, mask=in_row, other=0)
     count = tl.maximum(tl.load(HI + r * n_query + qi, mask=in_row, other=0) - lo, 0)
     d = tl.arange(0, D)
-    q_at = r * sq_r + h * sq_h + qi[:, None] * sq_q + d[None, :]
-    q = tl.load(Q + q_at, mask=in_row[:, None], other=0.0).to(tl.float32)
+    q = tl.load(Q + r * sq_r + h * sq_h + qi[:, None] * sq_q + d[None, :],
+                mask=in_row[:, None], other=0.0).to(tl.float32)
     do = tl.load(DO + r * sdo_r + h * sdo_h + qi[:, None] * sdo_q + d[None, :],
                  mask=in_row[:, None], other=0.0).to(tl.float32)
     o = tl.load(O + r * so_r + h * so_h + qi[:, None] * so_q + d[None, :],
@@ -79,20 +79,22 @@ def _own_bwd(Q, K, V, O, DO, LSE, LO, HI, DQ, DK, DV, sq_r, sq_h, sq_q, sk_r, sk
         j = start + tl.arange(0, BLOCK_M)
         valid = j[None, :] < count[:, None]
         m = (lo[:, None] + j[None, :])[:, :, None]
-        k_at = r * sk_r + h * sk_h + m * sk_n + d[None, None, :]
-        v_at = r * sv_r + h * sv_h + m * sv_n + d[None, None, :]
-        k = tl.load(K + k_at, mask=valid[:, :, None], other=0.0).to(tl.float32)
-        v = tl.load(V + v_at, mask=valid[:, :, None], other=0.0).to(tl.float32)
+        k = tl.load(K + r * sk_r + h * sk_h + m * sk_n + d[None, None, :],
+                    mask=valid[:, :, None], other=0.0).to(tl.float32)
+        v = tl.load(V + r * sv_r + h * sv_h + m * sv_n + d[None, None, :],
+                    mask=valid[:, :, None], other=0.0).to(tl.float32)
         s = tl.sum(q[:, None, :] * k, axis=2) * scale
         p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
         ds = p * (tl.sum(do[:, None, :] * v, axis=2) - delta[:, None])
         dq += tl.sum(ds[:, :, None] * k, axis=1) * scale
         # each element has one reader: its gradients are written, not accumulated
-        tl.store(DV + v_at, (p[:, :, None] * do[:, None, :]).to(DV.dtype.element_ty),
+        tl.store(DV + r * sdv_r + h * sdv_h + m * sdv_n + d[None, None, :],
+                 (p[:, :, None] * do[:, None, :]).to(DV.dtype.element_ty), mask=valid[:, :, None])
+        tl.store(DK + r * sdk_r + h * sdk_h + m * sdk_n + d[None, None, :],
+                 (ds[:, :, None] * q[:, None, :] * scale).to(DK.dtype.element_ty),
                  mask=valid[:, :, None])
-        tl.store(DK + k_at, (ds[:, :, None] * q[:, None, :] * scale).to(DK.dtype.element_ty),
-                 mask=valid[:, :, None])
-    tl.store(DQ + q_at, dq.to(DQ.dtype.element_ty), mask=in_row[:, None])
+    tl.store(DQ + r * sdq_r + h * sdq_h + qi[:, None] * sdq_q + d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=in_row[:, None])
 
 
 def _strides(t):
@@ -134,18 +136,20 @@ def _own_attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, 
                             out: torch.Tensor, lse: torch.Tensor, lo: torch.Tensor,
                             hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     R, H, Q, D = q.shape
-    # elements no token reads get zero gradients; the others are written once
-    dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    # new contiguous tensors, each written through its own strides: k and v are often views with
+    # gaps (halves of one key/value projection), whose *_like copies would not share their strides.
+    # Elements no token reads get zero gradients; the others are written once.
+    dq, dk, dv = q.new_empty(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
     lo, hi = lo.contiguous(), hi.contiguous()
     _own_bwd[_grid(q)](q, k, v, out, do, lse, lo, hi, dq, dk, dv, *_strides(q), *_strides(k),
-                       *_strides(v), *_strides(out), *_strides(do), H, Q, D ** -0.5,
-                       D=D, BLOCK_Q=BLOCK_Q, BLOCK_M=BLOCK_M)
+                       *_strides(v), *_strides(out), *_strides(do), *_strides(dq), *_strides(dk),
+                       *_strides(dv), H, Q, D ** -0.5, D=D, BLOCK_Q=BLOCK_Q, BLOCK_M=BLOCK_M)
     return dq, dk, dv
 
 
 @_own_attention_backward.register_fake
 def _(do, q, k, v, out, lse, lo, hi):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -32,22 +32,26 @@ for seed, (R, H, Q, D, longest) in enumerate([(2, 2, 37, 16, 20), (1, 1, 50, 32,
     assert (hi - lo).max() > kernels.BLOCK_M and (hi == lo).any(), "need long and empty tokens"
     # queries as the model passes them: a transposed view of (rows, queries, heads, d)
     q = torch.randn(R, Q, H, D, generator=g, dtype=torch.float64).transpose(1, 2).requires_grad_()
-    k, v = (torch.randn(R, H, L, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in "kv")
+    # keys and values as the model passes them: halves of one projection, views with gaps
+    kv = torch.randn(R, L, 2 * H * D, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (t.view(R, L, H, D).transpose(1, 2) for t in kv.chunk(2, dim=-1))
     out = kernels.own_attention(q, k, v, lo, hi)
     ref = attend(q, k, v, interval_mask(lo, hi, L))
     err = (out - ref).abs().max().item()
     assert err < 1e-5, ("forward", seed, err)  # float32 inside the kernel
     assert (out[(hi == lo)[:, None].expand(R, H, Q)] == 0).all(), "a token reading nothing outputs 0"
     w = torch.randn(R, H, Q, D, generator=g, dtype=torch.float64)
-    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
-    for name, a, b in zip("qkv", grads, torch.autograd.grad((ref * w).sum(), (q, k, v))):
+    assert not v.is_contiguous() and v.stride(2) == 2 * H * D
+    grads = torch.autograd.grad((out * w).sum(), (q, kv))
+    for name, a, b in zip(["q", "kv"], grads, torch.autograd.grad((ref * w).sum(), (q, kv))):
         err = (a - b).abs().max().item()
         assert err < 1e-5, (name, seed, err)
     read = torch.zeros(R, L, dtype=torch.bool)
     for r in range(R):
         for a, b in zip(lo[r].tolist(), hi[r].tolist()):
             read[r, a:b] = True
-    assert ((grads[2].abs().sum((1, 3)) > 0) == read).all(), "only elements read get gradients"
+    dv = grads[1].chunk(2, dim=-1)[1]
+    assert ((dv.abs().sum(-1) > 0) == read).all(), "only elements read get gradients"
 print("kernel ok")
 """
 
