@@ -22,6 +22,10 @@ Reports, per checkpoint (exact definitions: README, section Evaluation):
   branch    per side stream: bpb and task accuracy with its cross-attention zeroed, and the norm it
             adds
   probes    multiple-choice JSONL files: accuracy by summed and by per-byte log-likelihood
+  attack    (only with --attack_k) k character edits found by a seeded greedy search at a fixed
+            budget of model queries: the continuation bpb they add (against k random edits) and the
+            share of right task and probe answers they turn wrong; with several checkpoints, each
+            under the edits found against the others (transfer)
 Prints one markdown table (a column per checkpoint) and writes every number, with the settings that
 reproduce it, to JSON beside each checkpoint (or --json). Every scored text is a new document: it
 starts with the end-of-text token.
@@ -38,7 +42,7 @@ import torch
 
 from checkpoint import open_trained
 from data import write_atomic
-from lab import tasks
+from lab import attack, tasks
 from lab.inputs import PROBE_FORMAT, TASK_GROUPS, group_items, read_probe_files, shared_inputs
 from lab.probes import (branch_usage, char_tasks, multiple_choice, noise_robustness,
                         segmentation_robustness, text_bpb)
@@ -51,7 +55,8 @@ from runtime import pick_device
 # the report.
 
 # the metric groups --skip can leave out, in the order they run
-GROUPS = ("text", "noise", "segmentation", "tasks", "task_groups", "branch", "probes")
+# (attack: only with --attack_k, it is expensive)
+GROUPS = ("text", "noise", "segmentation", "tasks", "task_groups", "branch", "probes", "attack")
 
 # ================================================================================================
 # the command line
@@ -103,6 +108,18 @@ def parser():
                    help="task families, comma-separated")
     p.add_argument("--probes", nargs="*", default=[],
                    help="multiple-choice JSONL files " + PROBE_FORMAT)
+    p.add_argument("--attack_k", default="",
+                   help="the attack group: numbers of character edits, comma-separated (e.g. "
+                        "1,2,4,8); without it the group does not run")
+    p.add_argument("--attack_pairs", type=int, default=100,
+                   help="attack: context/continuation pairs of each domain (the first of the "
+                        "noise probe's)")
+    p.add_argument("--attack_items", type=int, default=20,
+                   help="attack: multiple-choice items of each task family and probe file")
+    p.add_argument("--attack_queries", type=int, default=256,
+                   help="attack: contexts the search scores per pair or item (candidates per "
+                        "edit: this over the largest k; the clean context and the random control "
+                        "add 1 + one per k)")
     p.add_argument("--seed", type=int, default=1337)
     # running and reporting
     p.add_argument("--batch_tokens", type=int, default=8192,
@@ -127,6 +144,12 @@ def options(argv):
     return args, read_probe_files(args.probes)
 
 
+def left_out(args):
+    """The groups not to run: those of --skip, and the attack (expensive) unless --attack_k asks
+    for it."""
+    return set(args.skip) | (set() if args.attack_k else {"attack"})
+
+
 def check_options(args):
     """Fails on a bad option before any long work; parses noise, seg_rates and families in place."""
     if args.dtype not in ("bfloat16", "float32"):
@@ -146,6 +169,16 @@ def check_options(args):
     if bad:
         raise SystemExit(f"error: unknown task families {bad}; "
                          f"families: {', '.join(tasks.FAMILIES)}")
+    try:
+        args.attack_k = sorted({int(k) for k in args.attack_k.split(",") if k.strip()})
+    except ValueError:
+        raise SystemExit(f"error: --attack_k {args.attack_k!r} is not a comma-separated list of "
+                         f"integers")
+    if min(args.attack_k + [args.attack_pairs, args.attack_items]) < 1:
+        raise SystemExit("error: --attack_k, --attack_pairs and --attack_items must be 1 or more")
+    if args.attack_queries < max(args.attack_k, default=1):
+        raise SystemExit("error: --attack_queries must be at least the largest --attack_k (one "
+                         "candidate per edit)")
     if len(set(args.checkpoints)) < len(args.checkpoints):
         raise SystemExit("error: a checkpoint is named twice")
     for path in args.checkpoints:
@@ -200,6 +233,8 @@ def markdown_table(results):
     task_rows(t)
     branch_rows(t)
     probe_rows(t)
+    for d in ("", "2"):
+        attack_rows(t, d)
     return t.markdown()
 
 
@@ -268,6 +303,34 @@ def probe_rows(t):
                         f"{t.get(n, 'probes', name, 'acc_norm'):.3f}")
 
 
+def attack_rows(t, d):
+    """Per target and k: what the edits found against a checkpoint cost it (against as many random
+    edits); with several checkpoints, what the edits found against each cost every one (transfer;
+    a checkpoint's own edits: the attack itself)."""
+    g = "attack" + d
+    first = t.first(g)
+    if not first:
+        return
+    targets = [(f"text{d} continuation", ("continuation",), "delta"),
+               ("tasks", ("tasks", "mean"), "turned_wrong")]
+    targets += [(f"probe {p}", ("probes", p), "turned_wrong") for p in first[g].get("probes", {})]
+    for label, path, key in targets:
+        node = attack.at_path(first[g], path)
+        what = (f"Δ bpb, greedy / random (share Δ > {attack.THRESHOLD:g})" if key == "delta" else
+                "right answers turned wrong, greedy / random")
+        f = "{:+.4f}" if key == "delta" else "{:.3f}"
+        for k in node["k"] if node else ():
+            v = lambda n: t.get(n, g, *path, "k", k)
+            share = lambda n: f" ({v(n)['share_over']:.2f})" if key == "delta" else ""
+            t.row(f"attack {label} k={k}: {what}",
+                  lambda n: "" if v(n).get(key) is None else
+                  f.format(v(n)[key]) + " / " + f.format(v(n)["random_" + key]) + share(n))
+            for source in t.names if len(t.names) > 1 else ():
+                under = lambda n: ("transfer", source) if n != source else ()
+                t.row(f"attack {label} k={k}: the same under the edits found against {source}",
+                      lambda n: fmt(t.get(n, g, *path, *under(n), "k", k, key), f))
+
+
 def default_json(path):
     """Where a checkpoint's numbers go without --json: beside it, never into the working
     directory."""
@@ -305,13 +368,15 @@ def main(argv=None):
     device = pick_device(args.device)
     autocast = autocast_for(device, args.dtype)
     settings = dict(vars(args), device=device, torch=torch.__version__)
-    inputs = shared_inputs(args, probe_files, settings)
+    inputs = shared_inputs(args, probe_files, settings, left_out(args))
     toks, results = {}, {}
     for path in args.checkpoints:
         results[path] = evaluate_checkpoint(path, args, inputs, settings, device, autocast, toks)
         checkpoint_done(path, results, args, settings)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()  # the checkpoint's model is gone: give its memory back
+    if "attack" not in left_out(args) and len(args.checkpoints) > 1:
+        transfer_attacks(args, inputs, settings, results, device, autocast, toks)
     return report(args, settings, results)
 
 
@@ -326,9 +391,8 @@ def evaluate_checkpoint(path, args, inputs, settings, device, autocast, toks):
     """One checkpoint through every probe --skip leaves in: its results, under 'info' what the model
     is (and how long it took)."""
     t0 = time.time()
-    model, main_tok, side_toks, ckpt = open_trained(path, device, toks)
-    model.attention = "sdpa"  # dense masks handle any length; evaluation windows are short
-    scorer = Scorer(model, main_tok, side_toks, device, args.batch_tokens, autocast, name=path)
+    scorer, ckpt = open_scorer(path, args, device, autocast, toks)
+    model, main_tok = scorer.model, scorer.main_tok
     info = model_info(path, model, ckpt)
     res = {"info": info}
     print(f"[{path}] step {info['step']}, {info['params'] / 1e6:.2f}M parameters, "
@@ -337,7 +401,7 @@ def evaluate_checkpoint(path, args, inputs, settings, device, autocast, toks):
         inputs.groups[info["tokenizer"]] = group_items(inputs.words, main_tok, args,
                                                        settings["tasks"])
     for name, run in stages(scorer, args, inputs):
-        if name.rstrip("2") in args.skip:  # a group left out in both domains
+        if name.rstrip("2") in left_out(args):  # a group left out in both domains
             continue
         t1 = time.time()
         try:
@@ -350,6 +414,12 @@ def evaluate_checkpoint(path, args, inputs, settings, device, autocast, toks):
     info["lost_tokens"] = scorer.lost.tolist()
     info["seconds"] = time.time() - t0
     return res
+
+
+def open_scorer(path, args, device, autocast, toks):
+    model, main_tok, side_toks, ckpt = open_trained(path, device, toks)
+    model.attention = "sdpa"  # dense masks handle any length; evaluation windows are short
+    return Scorer(model, main_tok, side_toks, device, args.batch_tokens, autocast, name=path), ckpt
 
 
 def model_info(path, model, ckpt):
@@ -365,19 +435,44 @@ def stages(scorer, args, inputs):
     to score (no second domain, no probe files)."""
     x, windows, seed = inputs, args.text_windows, args.seed
     groups = x.groups.get(scorer.model.config.tokenizer)
+    # the domains' pairs: the noise probe's first, the attack's a prefix of the same sequence
+    pairs, pairs2 = x.pairs[:args.pairs], x.pairs2[:args.pairs]
+    attacks = functools.partial(attack.attack_probe, scorer, ks=args.attack_k,
+                                queries=args.attack_queries, seed=seed, n_items=args.attack_items)
     return [
         ("text", lambda: text_bpb(scorer, x.data, windows)),
-        ("noise", lambda: noise_robustness(scorer, x.pairs, args.noise, seed)),
-        ("segmentation", lambda: segmentation_robustness(scorer, x.pairs, args.seg_rates, seed)),
+        ("noise", lambda: noise_robustness(scorer, pairs, args.noise, seed)),
+        ("segmentation", lambda: segmentation_robustness(scorer, pairs, args.seg_rates, seed)),
         ("text2", lambda: text_bpb(scorer, x.data2, windows) if x.data2 else None),
         ("noise2",
-         lambda: noise_robustness(scorer, x.pairs2, args.noise, seed) if x.pairs2 else None),
-        ("segmentation2", lambda: segmentation_robustness(scorer, x.pairs2, args.seg_rates, seed)
-         if x.pairs2 else None),
+         lambda: noise_robustness(scorer, pairs2, args.noise, seed) if pairs2 else None),
+        ("segmentation2", lambda: segmentation_robustness(scorer, pairs2, args.seg_rates, seed)
+         if pairs2 else None),
         ("tasks", lambda: char_tasks(scorer, x.task_items)),
         ("task_groups", lambda: {g: char_tasks(scorer, its, g) for g, its in groups.items()}),
         ("branch", lambda: branch_usage(scorer, x.data, x.data2, x.task_items, windows)),
-        ("probes", lambda: multiple_choice(scorer, x.probe_files) if x.probe_files else None)]
+        ("probes", lambda: multiple_choice(scorer, x.probe_files) if x.probe_files else None),
+        ("attack", lambda: attacks(x.pairs[:args.attack_pairs], x.task_items, x.probe_files)),
+        ("attack2",
+         lambda: attacks(x.pairs2[:args.attack_pairs], None, None) if x.pairs2 else None)]
+
+
+def transfer_attacks(args, inputs, settings, results, device, autocast, toks):
+    """Each checkpoint, loaded again, under the edits the attack found against each other one."""
+    x = inputs
+    for path in args.checkpoints:
+        t0 = time.time()
+        scorer, _ = open_scorer(path, args, device, autocast, toks)
+        for g, pairs, items, files in (("attack", x.pairs, x.task_items, x.probe_files),
+                                       ("attack2", x.pairs2, None, None)):
+            for source in args.checkpoints:
+                if source != path and g in results[path] and g in results[source]:
+                    attack.transfer(scorer, pairs[:args.attack_pairs], items, files,
+                                    args.attack_items, results[path][g], results[source][g],
+                                    source)
+        print(f"[{path}] attack transfer done in {duration(time.time() - t0)}", file=sys.stderr)
+        if not args.json:
+            save_beside(path, results[path], settings)
 
 
 def checkpoint_done(path, results, args, settings):
@@ -389,8 +484,12 @@ def checkpoint_done(path, results, args, settings):
         more = f"; {left} more checkpoint(s), about {duration(left * seconds)} if as large"
     print(f"[{path}] done in {duration(seconds)}" + more, file=sys.stderr)
     if not args.json:
-        one = {"settings": settings, "checkpoints": {path: res}}
-        write_file(default_json(path), json.dumps(one, indent=1))
+        save_beside(path, res, settings)
+
+
+def save_beside(path, res, settings):
+    one = {"settings": settings, "checkpoints": {path: res}}
+    write_file(default_json(path), json.dumps(one, indent=1))
 
 
 if __name__ == "__main__":

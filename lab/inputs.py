@@ -130,15 +130,21 @@ def make_pairs(texts, n, ctx_chars, cont_chars, seed):
 def domain(sources, split, args, skip, settings, key=""):
     """One text domain: its documents as bytes (each after 0xFF) and its context/continuation pairs,
     loaded only when some group needs them; their sizes go into settings under text<key>_docs and
-    so on."""
-    need = not {"text", "noise", "segmentation", "branch"} <= skip
+    so on. The pairs: as many as noise and segmentation (--pairs) or the attack (--attack_pairs)
+    need, each group taking the first (a seed gives the same pairs in the same order for any n)."""
+    need = not {"text", "noise", "segmentation", "branch", "attack"} <= skip
     docs = text_documents(sources, split, args.max_bytes, args.fineweb_files) if need else []
     texts = [d.decode("utf-8", "replace") for d in docs]
+    n_noise = 0 if {"noise", "segmentation"} <= skip else args.pairs
+    n_attack = 0 if "attack" in skip else args.attack_pairs
     pairs = []
-    if docs and not {"noise", "segmentation"} <= skip:
-        pairs = make_pairs(texts, args.pairs, args.ctx_chars, args.cont_chars, args.seed)
+    if docs and max(n_noise, n_attack):
+        pairs = make_pairs(texts, max(n_noise, n_attack), args.ctx_chars, args.cont_chars,
+                           args.seed)
     settings[f"text{key}_docs"], settings[f"text{key}_bytes"] = len(docs), sum(map(len, docs))
-    settings["n_pairs" + key] = len(pairs)
+    settings["n_pairs" + key] = len(pairs[:n_noise])
+    if n_attack:
+        settings["n_attack_pairs" + key] = len(pairs[:n_attack])
     return b"".join(bytes([EOT_BYTE]) + d for d in docs), texts, pairs
 
 
@@ -257,14 +263,14 @@ class Inputs:
     groups: dict = field(default_factory=dict)  # main tokenizer -> word group -> family -> items
 
 
-def shared_inputs(args, probe_files, settings):
-    """The inputs of every checkpoint, loaded once; their sizes go into settings."""
-    skip = set(args.skip)
+def shared_inputs(args, probe_files, settings, skip):
+    """The inputs of every checkpoint, loaded once (skip: the groups that will not run); their sizes
+    go into settings."""
     data, texts, pairs = domain(args.text, args.text_split, args, skip, settings)
     data2, pairs2 = b"", []
     if args.text2:
         data2, _, pairs2 = domain(args.text2, args.text2_split, args, skip, settings, "2")
     words, task_items = None, {}
-    if not {"tasks", "task_groups"} <= skip:
+    if not {"tasks", "task_groups", "attack"} <= skip:
         words, task_items, settings["tasks"] = task_words(args, texts)
     return Inputs(data, pairs, data2, pairs2, words, task_items, probe_files)
