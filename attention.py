@@ -32,7 +32,7 @@ def attend(q, k, v, mask):
         # would pick, failed to compile these masks (torch 2.11, an H200)
         return flex_attention(q, k, v, block_mask=mask, kernel_options=dict(FORCE_USE_FLEX_ATTENTION=True))
     if isinstance(mask, OwnElements):
-        if q.is_cuda and kernels is not None:
+        if mask.kernel and q.is_cuda:
             return kernels.own_attention(q, k, v, mask.lo, mask.hi)
         return attend_own_elements(q, k, v, mask)
     sees_any = mask.any(-1, keepdim=True)
@@ -72,20 +72,22 @@ def interval_mask(lo, hi, kv_len, block_lists=None):
 
 class OwnElements(NamedTuple):
     """Who reads what when the queries' intervals [lo, hi) are disjoint (locality 0): element m of
-    row r is read by query owner[r, m] alone, if owned[r, m], else by none."""
+    row r is read by query owner[r, m] alone, if owned[r, m], else by none. kernel: on a GPU, attend
+    by kernels.py (from lo and hi) rather than by gathers and scatter-adds (from owner and owned)."""
     lo: torch.Tensor
     hi: torch.Tensor
     owner: torch.Tensor
     owned: torch.Tensor
+    kernel: bool = False
 
 
-def own_elements(lo, hi, kv_len):
+def own_elements(lo, hi, kv_len, kernel=False):
     """OwnElements for 'query q reads [lo[r, q], hi[r, q])' with disjoint intervals whose ends are
     nondecreasing along q (locality 0): element m's reader is the first query ending past m, if
     that query starts at or before m."""
     m = torch.arange(kv_len, device=lo.device, dtype=hi.dtype).expand(lo.size(0), -1).contiguous()
     owner = torch.searchsorted(hi.contiguous(), m, right=True).clamp_max(lo.size(1) - 1)
-    return OwnElements(lo, hi, owner, (lo.gather(1, owner) <= m) & (m < hi.gather(1, owner)))
+    return OwnElements(lo, hi, owner, (lo.gather(1, owner) <= m) & (m < hi.gather(1, owner)), kernel)
 
 
 def pad_queries(t):

@@ -17,40 +17,61 @@ BLOCK_M = 8   # elements per token loaded at a time (tokens average ~4 bytes; lo
 
 
 @triton.jit
+def _tokens(LO, HI, n_head, n_query, BLOCK_Q: tl.constexpr):
+    """This program's tokens: row, head, row * heads + head, token indices, whether each is in the
+    row, and each one's elements [lo, lo + count)."""
+    rh = tl.program_id(1)
+    qi = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    in_row = qi < n_query
+    r = rh // n_head
+    lo = tl.load(LO + r * n_query + qi, mask=in_row, other=0)
+    count = tl.maximum(tl.load(HI + r * n_query + qi, mask=in_row, other=0) - lo, 0)
+    return r, rh % n_head, rh, qi, in_row, lo, count
+
+
+@triton.jit
+def _at(r, h, i, s_r, s_h, s_i, D: tl.constexpr):
+    """Offsets of vectors i (indices with a trailing axis of 1) of head h in row r."""
+    return r * s_r + h * s_h + i * s_i + tl.arange(0, D)
+
+
+@triton.jit
+def _elements(K, V, r, h, lo, count, start, sk_r, sk_h, sk_n, sv_r, sv_h, sv_n, D: tl.constexpr,
+              BLOCK_M: tl.constexpr):
+    """Each token's elements start .. start + BLOCK_M - 1: which exist, their indices (trailing axis
+    of 1), keys and values in float32 (zeros where none)."""
+    j = start + tl.arange(0, BLOCK_M)
+    valid = j[None, :] < count[:, None]
+    m = (lo[:, None] + j[None, :])[:, :, None]
+    k = tl.load(K + _at(r, h, m, sk_r, sk_h, sk_n, D), mask=valid[:, :, None], other=0.0)
+    v = tl.load(V + _at(r, h, m, sv_r, sv_h, sv_n, D), mask=valid[:, :, None], other=0.0)
+    return valid, m, k.to(tl.float32), v.to(tl.float32)
+
+
+@triton.jit
 def _own_fwd(Q, K, V, O, LSE, LO, HI, sq_r, sq_h, sq_q, sk_r, sk_h, sk_n, sv_r, sv_h, sv_n,
              so_r, so_h, so_q, n_head, n_query, scale,
              D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
-    rh = tl.program_id(1)
-    r, h = rh // n_head, rh % n_head
-    qi = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    in_row = qi < n_query
-    lo = tl.load(LO + r * n_query + qi, mask=in_row, other=0)
-    count = tl.maximum(tl.load(HI + r * n_query + qi, mask=in_row, other=0) - lo, 0)
-    d = tl.arange(0, D)
-    q = tl.load(Q + r * sq_r + h * sq_h + qi[:, None] * sq_q + d[None, :],
-                mask=in_row[:, None], other=0.0).to(tl.float32)
+    r, h, rh, qi, in_row, lo, count = _tokens(LO, HI, n_head, n_query, BLOCK_Q)
+    q = tl.load(Q + _at(r, h, qi[:, None], sq_r, sq_h, sq_q, D), mask=in_row[:, None],
+                other=0.0).to(tl.float32)
     top = tl.full([BLOCK_Q], float("-inf"), tl.float32)  # running max of scores
     total = tl.zeros([BLOCK_Q], tl.float32)              # running sum of exp(score - top)
     acc = tl.zeros([BLOCK_Q, D], tl.float32)
     for start in range(0, tl.max(count), BLOCK_M):
-        j = start + tl.arange(0, BLOCK_M)
-        valid = j[None, :] < count[:, None]
-        m = (lo[:, None] + j[None, :])[:, :, None]
-        k = tl.load(K + r * sk_r + h * sk_h + m * sk_n + d[None, None, :],
-                    mask=valid[:, :, None], other=0.0).to(tl.float32)
+        valid, m, k, v = _elements(K, V, r, h, lo, count, start, sk_r, sk_h, sk_n, sv_r, sv_h, sv_n,
+                                   D, BLOCK_M)
         s = tl.where(valid, tl.sum(q[:, None, :] * k, axis=2) * scale, float("-inf"))
         new_top = tl.maximum(top, tl.max(s, axis=1))
         shift = tl.where(new_top == float("-inf"), 0.0, new_top)  # no score yet: nothing to scale
         p = tl.where(valid, tl.exp(s - shift[:, None]), 0.0)
         rescale = tl.exp(top - shift)
-        v = tl.load(V + r * sv_r + h * sv_h + m * sv_n + d[None, None, :],
-                    mask=valid[:, :, None], other=0.0).to(tl.float32)
         total = total * rescale + tl.sum(p, axis=1)
         acc = acc * rescale[:, None] + tl.sum(p[:, :, None] * v, axis=1)
         top = new_top
     out = acc / tl.maximum(total, 1e-30)[:, None]
-    tl.store(O + r * so_r + h * so_h + qi[:, None] * so_q + d[None, :],
-             out.to(O.dtype.element_ty), mask=in_row[:, None])
+    tl.store(O + _at(r, h, qi[:, None], so_r, so_h, so_q, D), out.to(O.dtype.element_ty),
+             mask=in_row[:, None])
     tl.store(LSE + rh * n_query + qi, top + tl.log(tl.maximum(total, 1e-30)), mask=in_row)
 
 
@@ -59,42 +80,30 @@ def _own_bwd(Q, K, V, O, DO, LSE, LO, HI, DQ, DK, DV, sq_r, sq_h, sq_q, sk_r, sk
              sv_r, sv_h, sv_n, so_r, so_h, so_q, sdo_r, sdo_h, sdo_q, sdq_r, sdq_h, sdq_q,
              sdk_r, sdk_h, sdk_n, sdv_r, sdv_h, sdv_n, n_head, n_query, scale,
              D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr):
-    rh = tl.program_id(1)
-    r, h = rh // n_head, rh % n_head
-    qi = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    in_row = qi < n_query
-    lo = tl.load(LO + r * n_query + qi, mask=in_row, other=0)
-    count = tl.maximum(tl.load(HI + r * n_query + qi, mask=in_row, other=0) - lo, 0)
-    d = tl.arange(0, D)
-    q = tl.load(Q + r * sq_r + h * sq_h + qi[:, None] * sq_q + d[None, :],
-                mask=in_row[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + r * sdo_r + h * sdo_h + qi[:, None] * sdo_q + d[None, :],
-                 mask=in_row[:, None], other=0.0).to(tl.float32)
-    o = tl.load(O + r * so_r + h * so_h + qi[:, None] * so_q + d[None, :],
-                mask=in_row[:, None], other=0.0).to(tl.float32)
+    r, h, rh, qi, in_row, lo, count = _tokens(LO, HI, n_head, n_query, BLOCK_Q)
+    row = in_row[:, None]
+    q = tl.load(Q + _at(r, h, qi[:, None], sq_r, sq_h, sq_q, D), mask=row, other=0.0).to(tl.float32)
+    do = tl.load(DO + _at(r, h, qi[:, None], sdo_r, sdo_h, sdo_q, D), mask=row,
+                 other=0.0).to(tl.float32)
+    o = tl.load(O + _at(r, h, qi[:, None], so_r, so_h, so_q, D), mask=row, other=0.0).to(tl.float32)
     delta = tl.sum(do * o, axis=1)  # softmax backward: sum_j p_j dp_j = dO . O
     lse = tl.load(LSE + rh * n_query + qi, mask=in_row, other=0.0)
     dq = tl.zeros([BLOCK_Q, D], tl.float32)
     for start in range(0, tl.max(count), BLOCK_M):
-        j = start + tl.arange(0, BLOCK_M)
-        valid = j[None, :] < count[:, None]
-        m = (lo[:, None] + j[None, :])[:, :, None]
-        k = tl.load(K + r * sk_r + h * sk_h + m * sk_n + d[None, None, :],
-                    mask=valid[:, :, None], other=0.0).to(tl.float32)
-        v = tl.load(V + r * sv_r + h * sv_h + m * sv_n + d[None, None, :],
-                    mask=valid[:, :, None], other=0.0).to(tl.float32)
+        valid, m, k, v = _elements(K, V, r, h, lo, count, start, sk_r, sk_h, sk_n, sv_r, sv_h, sv_n,
+                                   D, BLOCK_M)
         s = tl.sum(q[:, None, :] * k, axis=2) * scale
         p = tl.where(valid, tl.exp(s - lse[:, None]), 0.0)
         ds = p * (tl.sum(do[:, None, :] * v, axis=2) - delta[:, None])
         dq += tl.sum(ds[:, :, None] * k, axis=1) * scale
         # each element has one reader: its gradients are written, not accumulated
-        tl.store(DV + r * sdv_r + h * sdv_h + m * sdv_n + d[None, None, :],
+        tl.store(DV + _at(r, h, m, sdv_r, sdv_h, sdv_n, D),
                  (p[:, :, None] * do[:, None, :]).to(DV.dtype.element_ty), mask=valid[:, :, None])
-        tl.store(DK + r * sdk_r + h * sdk_h + m * sdk_n + d[None, None, :],
+        tl.store(DK + _at(r, h, m, sdk_r, sdk_h, sdk_n, D),
                  (ds[:, :, None] * q[:, None, :] * scale).to(DK.dtype.element_ty),
                  mask=valid[:, :, None])
-    tl.store(DQ + r * sdq_r + h * sdq_h + qi[:, None] * sdq_q + d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=in_row[:, None])
+    tl.store(DQ + _at(r, h, qi[:, None], sdq_r, sdq_h, sdq_q, D), dq.to(DQ.dtype.element_ty),
+             mask=row)
 
 
 def _strides(t):

@@ -361,6 +361,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(c.n_embd, padded(c.vocab_size), bias=False)
         self.lm_head.weight = self.wte.weight  # tied, as in GPT-2
         self.attention = "sdpa"  # or "flex"; a runtime choice, not part of the architecture
+        self.own_kernel = False  # flex, locality 0, a GPU: own elements read by kernels.py
         # training only, when train.py switches it on: zero each token's embedding with probability
         # embed_dropout (a tensor: a schedule changes it without recompiling), so that its bytes
         # must tell
@@ -456,7 +457,7 @@ class GPT(nn.Module):
         q_rope = gather_rope(offsets, tok_end.reshape(ids.size(0), -1))
         lo, hi = side["cross_lo"], side["cross_hi"]
         if self.reads_own_elements(s):
-            cross_mask = own_elements(lo, hi, ids.size(1))
+            cross_mask = own_elements(lo, hi, ids.size(1), self.own_kernel)
         else:
             cross_mask = interval_mask(lo, hi, ids.size(1), cross_lists)
         k_rope = gather_rope(offsets, side["end"])

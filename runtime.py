@@ -51,7 +51,11 @@ def check_dtype(dtype, device_type):
         raise SystemExit("error: dtype=bfloat16: this GPU has no bfloat16; use --dtype=float32")
 
 
-def check_attention(model_config, attention):
+def check_attention(model_config, attention, own_kernel=False):
+    if own_kernel:
+        from attention import kernels
+        if kernels is None:
+            raise SystemExit("error: own_kernel=True needs Triton (CUDA builds of torch ship it)")
     head_dims = [model_config.n_embd // model_config.n_head]
     head_dims += [s.n_embd // s.n_head for s in model_config.streams]
     if attention == "flex" and min(head_dims) < 16:

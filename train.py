@@ -70,6 +70,8 @@ DEFAULTS = dict(
     attention="auto",              # 'flex' (fused, GPU) or 'sdpa' (reference); 'auto': flex on CUDA
     pack="auto",                   # training packs side streams that have a packed_budget; 'auto':
                                    # with flex only (SDPA's dense masks grow with a row's square)
+    own_kernel=False,              # flex on a GPU, locality 0: tokens read their own elements by
+                                   # kernels.py (Triton); off until its GPU tests pass (FINDINGS.md)
     seed=1337,
 )
 MODEL_KEYS = ("tokenizer", "block_size", "n_layer", "n_head", "n_embd", "dropout", "streams")
@@ -210,8 +212,9 @@ def build_model(cfg, model_config, device, attention, rank=0):
     torch.manual_seed(cfg["seed"] + rank)
     model = GPT(model_config).to(device)
     model.attention = attention
+    model.own_kernel = cfg["own_kernel"]
     model.drop_embeddings = cfg["embed_dropout"] > 0
-    check_attention(model_config, attention)
+    check_attention(model_config, attention, cfg["own_kernel"])
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"],
                                           (cfg["beta1"], cfg["beta2"]), torch.device(device).type,
                                           cfg["branch_lr_scale"])

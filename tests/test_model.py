@@ -259,10 +259,11 @@ def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack):
 
 
 def assert_compiled_flex_matches_sdpa(m, x, compile_model):
-    """Loss and every gradient of model m on batch x: eager SDPA, then compile_model(m) with flex."""
+    """Loss and every gradient of model m on batch x: eager SDPA, then compile_model(m) with flex
+    (locality 0 through kernels.py)."""
     grads = {}
     for path in ("sdpa", "flex"):
-        m.attention = path
+        m.attention, m.own_kernel = path, path == "flex"
         m.zero_grad()
         _, loss = (compile_model(m) if path == "flex" else m)(**x)
         loss.backward()
@@ -317,7 +318,7 @@ def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream):
     train_x, eval_x = batch_inputs(train_x, "cuda"), batch_inputs(eval_x, "cuda")
     results = {}
     for path in ("flex", "sdpa"):  # compiled flex first, as in a fresh training process
-        m.attention = path
+        m.attention, m.own_kernel = path, path == "flex"
         fn = train.compile_model(m) if path == "flex" else m
         m.eval()
         with torch.no_grad():
