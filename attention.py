@@ -137,7 +137,7 @@ def interval_block_lists(lo, hi, kv_len):
     transposed lists that the backward pass reads) for 'query q sees keys [lo[r,q], hi[r,q])'.
     The lists must be contiguous: FlexAttention's GPU kernels ignore strides (a transposed view
     gave wrong gradients there, while CPU flex never reads the lists). Few operations, as they run
-    eagerly on the host's critical path every step (README, Results)."""
+    eagerly on the host's critical path every step (FINDINGS.md)."""
     lo, hi = pad_queries(lo), pad_queries(hi)
     R, Q = lo.shape
     nq, nk = Q // FLEX_BLOCK, -(-kv_len // FLEX_BLOCK)
@@ -164,6 +164,6 @@ def interval_block_lists(lo, hi, kv_len):
 
 
 # Eager, the lists' ~60 operations a mask are ~60 launches on the host's critical path every step
-# (README, Results); compiled on their own they are a few fused kernels. Compiled lazily, on first
+# (FINDINGS.md); compiled on their own they are a few fused kernels. Compiled lazily, on first
 # call; one graph per shape (training's packed rows, evaluation's windows).
 compiled_block_lists = torch.compile(interval_block_lists, dynamic=False)

@@ -53,7 +53,7 @@ DEFAULTS = dict(
     max_iters=5000,
     learning_rate=6e-4, min_lr=6e-5, warmup_iters=200,  # linear warmup, then cosine decay to min_lr
     weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0,   # grad_clip 0: no clipping
-    # making tokens need their bytes (README, Findings); both act in training only
+    # making tokens need their bytes (FINDINGS.md); both act in training only
     resegment=0.0,                 # share of multi-byte tokens cut in two (same bytes, other ids)
     embed_dropout=0.0,             # chance a token's embedding is zeroed (identity: bytes only)
     embed_dropout_anneal=0.0,      # >0: linear decay to 0 over this fraction of max_iters
@@ -66,7 +66,7 @@ DEFAULTS = dict(
     dtype="auto",                  # 'bfloat16', 'float32', 'auto' (bf16 on capable GPUs, else fp32)
     compile="auto",                # torch.compile: 'auto' is on for CUDA
     compile_mode="default",        # torch.compile's mode; 'reduce-overhead' replays CUDA graphs,
-                                   # fewer kernel launches for a host-bound step (README, Results)
+                                   # fewer kernel launches for a host-bound step (FINDINGS.md)
     attention="auto",              # 'flex' (fused, GPU) or 'sdpa' (reference); 'auto': flex on CUDA
     pack="auto",                   # training packs side streams that have a packed_budget; 'auto':
                                    # with flex only (SDPA's dense masks grow with a row's square)

@@ -1,7 +1,7 @@
 # Probe demo (evaluate.py): a small GPT-2-tokenized model with a byte branch, trained on Gutenberg with
 # character-task documents (spelling, counting, editing letters; train words only) as 5% of the tokens.
 # python prepare.py --train 'gutenberg/train_0[0-3].jsonl.xz' --val gutenberg/val.jsonl.xz --out data/gutenberg_tasks --tasks_fraction 0.05
-# (README, Results: the two models side by side on one H200, 4000 steps of 32K tokens, 3-4 min each)
+# (FINDINGS.md, results/tasks_small/: the two models side by side on one H200, 4000 steps of 32K tokens, 3-4 min each)
 # python train.py config/tasks_small_bytes.py && python train.py config/tasks_small_baseline.py
 # python evaluate.py out-tasks-small-baseline out-tasks-small-bytes --text data/gutenberg_tasks --dtype bfloat16
 data_dir = "data/gutenberg_tasks"

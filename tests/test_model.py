@@ -50,7 +50,7 @@ VARIANTS = {
                  dict(BYTES, tokenizer="bpe400", budget=128, cross_layers="all", locality=0)],
     # one head as wide as the stream (config/speed/*_1head*.py), read by every layer as the 1 x 128 config
     "one_head": [dict(BYTES, n_head=1, cross_layers="all", locality=0, shared_kv=True, parallel=True)],
-    # a byte GPT mixing by a short convolution, read by every layer as the fast config (config/gpt2_bytes.py)
+    # a byte GPT mixing by a short convolution, read by every layer (config/speed/bytes_conv1x128_all_layers.py)
     "conv": [dict(BYTES, mixer="conv", conv_width=4, cross_layers="all", locality=0, shared_kv=True,
                   parallel=True)],
 }
