@@ -12,7 +12,7 @@ import evaluate
 from conftest import HARD_DOCS, PLAIN
 from lab import attack
 from lab.inputs import make_pairs
-from test_evaluate import TEXT, WORDS, save_checkpoint, tiny_model
+from test_evaluate import TEXT, script_inputs
 
 
 def osa_distance(a, b):
@@ -146,14 +146,9 @@ def test_answers_turned_wrong_and_transfer():
 
 
 def test_script_attack_group_with_transfer(toks, tmp_path):
-    spec = toks["bpe300"].spec
-    base = save_checkpoint(tiny_model(toks, streams=()), [spec], tmp_path / "out-base")
-    byte = save_checkpoint(tiny_model(toks), [spec, "bytes"], tmp_path / "out-bytes")
-    (tmp_path / "text.txt").write_text(TEXT * 3 + PLAIN)
-    (tmp_path / "words.txt").write_text("\n".join(WORDS))
-    probe = tmp_path / "probe.jsonl"
-    probe.write_text('{"context": "The quick brown", "choices": [" fox", " cat"], "answer": 0}\n'
-                     '{"context": "sea", "choices": [" shells", " shore", " x"], "answer": 2}\n')
+    base, byte, probe = script_inputs(
+        toks, tmp_path, '{"context": "The quick brown", "choices": [" fox", " cat"], "answer": 0}\n'
+                        '{"context": "sea", "choices": [" shells", " shore", " x"], "answer": 2}\n')
     common = [base, byte, "--text", str(tmp_path / "text.txt"), "--text2", str(tmp_path / "text.txt"),
               "--words", str(tmp_path / "words.txt"), "--families", "first_letter,spell", "--probes", str(probe),
               "--ctx_chars", "40", "--cont_chars", "15", "--batch_tokens", "600", "--device", "cpu",

@@ -310,15 +310,23 @@ def save_checkpoint(model, tok_specs, path):
     return str(path)
 
 
-def test_script_end_to_end(toks, tmp_path, capsys):
+def script_inputs(toks, tmp_path, probe_lines):
+    """Two tiny checkpoints (without and with bytes), a text, a word list and a probe file of
+    probe_lines, for evaluate.py's command line."""
     spec = toks["bpe300"].spec
     base = save_checkpoint(tiny_model(toks, streams=()), [spec], tmp_path / "out-base")
     byte = save_checkpoint(tiny_model(toks), [spec, "bytes"], tmp_path / "out-bytes")
     (tmp_path / "text.txt").write_text(TEXT * 3 + PLAIN)
     (tmp_path / "words.txt").write_text("\n".join(WORDS))
     probe = tmp_path / "probe.jsonl"
-    probe.write_text('{"context": "The quick brown", "choices": [" fox", " cat"], "answer": 0}\n\n'
-                     '{"context": "sea", "choices": [" shells", " shore", " x"], "answer": 2, "id": "extra keys are fine"}\n')
+    probe.write_text(probe_lines)
+    return base, byte, probe
+
+
+def test_script_end_to_end(toks, tmp_path, capsys):
+    base, byte, probe = script_inputs(
+        toks, tmp_path, '{"context": "The quick brown", "choices": [" fox", " cat"], "answer": 0}\n\n'
+                        '{"context": "sea", "choices": [" shells", " shore", " x"], "answer": 2, "id": "extra keys are fine"}\n')
     out_json, out_md = tmp_path / "res" / "eval.json", tmp_path / "eval.md"
     common = [base, byte, "--text", str(tmp_path / "text.txt"), "--words", str(tmp_path / "words.txt"),
               "--pairs", "6", "--ctx_chars", "80", "--cont_chars", "30", "--task_items", "2",
