@@ -461,7 +461,11 @@ def si(x):
 def log_progress(run, meter, loss_sum, lr, grad_norm):
     """The line of a log step, printed and in log.jsonl."""
     cfg, step, side_toks = run.cfg, run.step, run.side_toks
-    loss = (loss_sum / run.accum).item()  # waits for the device, so the timing below is real
+    loss = loss_sum / run.accum
+    if run.rt.ddp:  # the whole batch's loss, as one process logs it, not the first one's share
+        dist.all_reduce(loss)
+        loss = loss / run.rt.world
+    loss = loss.item()  # waits for the device, so the timing below is real
     dt, dt_ahead = meter.lap(step)
     tok_s = cfg["total_batch_size"] / dt
     peak = run.rt.peak_flops
