@@ -44,6 +44,7 @@ import time
 import torch
 
 import train
+from lab.study import code_state, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 TRAIN = os.path.join(ROOT, "train.py")  # run from the current directory, as config files expect
@@ -448,8 +449,7 @@ def markdown(summary):
 
 
 def write_report(out, summary):
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
+    write_json(os.path.join(out, "summary.json"), summary)
     table = markdown(summary)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(table)
@@ -479,14 +479,10 @@ def main(argv=None):
                 job.kill()
         say(f"phase {name}: {phases[name]['verdict']}"
             + (f" ({phases[name]['error']})" if "error" in phases[name] else ""))
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True,
-                                    text=True).stdout.strip()
     device = (f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
               if torch.cuda.is_available() else "cpu")
     settings = dict(command=shlex.join(["python", "-m", "lab.multigpu", *argv]),
-                    commit=git("rev-parse", "HEAD"),
-                    dirty=bool(git("status", "--porcelain", "--untracked-files=no")),
-                    torch=torch.__version__, device=device, nproc=args.nproc,
+                    **code_state(), torch=torch.__version__, device=device, nproc=args.nproc,
                     nccl_env={k: v for k, v in os.environ.items() if k.startswith("NCCL_")},
                     minutes=(time.time() - t0) / 60, configs=args.configs, steps=args.steps)
     summary = dict(settings=settings, phases=phases)

@@ -445,12 +445,9 @@ def summarise(per_run, baseline):
 
 def study_settings(args, argv, arms, ratios, runs, problems, t0):
     """What summary.json records about the study: command, code, machine, arms and evaluation."""
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True,
-                                    text=True).stdout.strip()
     evals = [p for p in (f"{r['dir']}/eval.json" for r in runs) if os.path.exists(p)]
-    return dict(command=shlex.join(["python", "-m", "lab.study", *argv]), commit=git("rev-parse", "HEAD"),
-                # tracked files changed (new files, such as this study's own runs, are not code)
-                dirty=bool(git("status", "--porcelain", "--untracked-files=no")), torch=torch.__version__,
+    return dict(command=shlex.join(["python", "-m", "lab.study", *argv]), **code_state(),
+                torch=torch.__version__,
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 python=sys.version.split()[0], baseline=args.baseline,
                 failed=[p for _, p in problems], minutes=(time.time() - t0) / 60,
@@ -458,6 +455,15 @@ def study_settings(args, argv, arms, ratios, runs, problems, t0):
                 evaluate=json.load(open(evals[0]))["settings"] if evals else None,
                 arms={n: dict(path=a["path"], error=a["error"], config=a["cfg"])
                       for n, a in arms.items()})
+
+
+def code_state():
+    """The commit, and whether tracked files differ from it (new files, such as a study's own runs,
+    are not code)."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True,
+                                    text=True).stdout.strip()
+    return dict(commit=git("rev-parse", "HEAD"),
+                dirty=bool(git("status", "--porcelain", "--untracked-files=no")))
 
 
 def fmt(x, sign=False):
