@@ -51,6 +51,14 @@ def check_dtype(dtype, device_type):
         raise SystemExit("error: dtype=bfloat16: this GPU has no bfloat16; use --dtype=float32")
 
 
+def own_kernel(setting, attention, device_type):
+    """The own_kernel option settled: 'auto' uses kernels.py where flex runs on a GPU with Triton."""
+    if setting != "auto":
+        return setting
+    from attention import kernels
+    return attention == "flex" and device_type == "cuda" and kernels is not None
+
+
 def check_attention(model_config, attention, own_kernel=False):
     if own_kernel:
         from attention import kernels

@@ -33,7 +33,7 @@ from configurator import validate
 from data import Corpus, DataError, batch_inputs, budgets, collate, make_batch, resegmented_window
 from model import GPT, GPTConfig
 from runtime import (Runtime, StopSignal, agree_to_stop, check_attention, compile_model,
-                     end_processes, new_graph_step, processes, start_runtime)
+                     end_processes, new_graph_step, own_kernel, processes, start_runtime)
 from tokenizers import Tokenizer
 
 DEFAULTS = dict(
@@ -70,8 +70,9 @@ DEFAULTS = dict(
     attention="auto",              # 'flex' (fused, GPU) or 'sdpa' (reference); 'auto': flex on CUDA
     pack="auto",                   # training packs side streams that have a packed_budget; 'auto':
                                    # with flex only (SDPA's dense masks grow with a row's square)
-    own_kernel=False,              # flex on a GPU, locality 0: tokens read their own elements by
-                                   # kernels.py (Triton); off until its GPU tests pass (FINDINGS.md)
+    own_kernel="auto",             # flex on a GPU, locality 0: tokens read their own elements by
+                                   # kernels.py (Triton); 'auto': where flex runs on a GPU with
+                                   # Triton; False: by gathers and scatter-adds (same function)
     seed=1337,
 )
 MODEL_KEYS = ("tokenizer", "block_size", "n_layer", "n_head", "n_embd", "dropout", "streams")
@@ -212,9 +213,9 @@ def build_model(cfg, model_config, device, attention, rank=0):
     torch.manual_seed(cfg["seed"] + rank)
     model = GPT(model_config).to(device)
     model.attention = attention
-    model.own_kernel = cfg["own_kernel"]
+    model.own_kernel = own_kernel(cfg["own_kernel"], attention, torch.device(device).type)
     model.drop_embeddings = cfg["embed_dropout"] > 0
-    check_attention(model_config, attention, cfg["own_kernel"])
+    check_attention(model_config, attention, model.own_kernel)
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"],
                                           (cfg["beta1"], cfg["beta2"]), torch.device(device).type,
                                           cfg["branch_lr_scale"])

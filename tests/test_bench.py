@@ -43,6 +43,8 @@ def test_bench_times_each_config(dataset, toks, tmp_path, capsys):
     ("void cudnn::fusion::compute_dot_do_o_specialized<true, 64>", "attention"),
     ("triton_tem_fused_flex_attention_backward_transpose_view_36", "attention"),
     ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+    ("_own_fwd", "attention"), ("_own_bwd", "attention"),  # kernels.py: reading each token's own bytes
+    ("bytecross::own_attention_backward", "attention"),
     ("triton_red_fused__log_softmax__to_copy__unsafe_view_prepare_softmax_online_view_48", "loss (log-softmax)"),
     ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::FusedAdamW>", "optimizer"),
     ("triton_poi_fused__to_copy__unsafe_view_mul_pow_relu_threshold_backward_view_3", "elementwise (compiled)"),

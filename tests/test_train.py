@@ -204,6 +204,26 @@ def test_only_flex_training_packs_side_streams(dataset, toks, tmp_path, attentio
     assert batch["sides"][0]["ids"].shape == rows
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_own_kernel_auto_means_flex_on_a_gpu_with_triton(dataset, toks, tmp_path, attention, monkeypatch):
+    """own_kernel='auto' (the default): kernels.py reads each token's own bytes under flex on a GPU
+    when Triton is installed, the PyTorch path otherwise (a CPU, SDPA, no Triton); False always
+    means the PyTorch path; anything but True, False or 'auto' is refused by name."""
+    import attention as attention_module
+    from runtime import own_kernel
+    cfg, _ = train.parse_config(args(dataset, toks, tmp_path / "run", attention=attention))
+    train.validate(cfg)
+    assert cfg["own_kernel"] == "auto"
+    model, _ = train.build_model(cfg, train.model_setup(cfg)[2], "cpu", attention)
+    assert model.own_kernel is False  # a CPU, whatever the attention
+    monkeypatch.setattr(attention_module, "kernels", object())  # Triton there
+    assert own_kernel("auto", attention, "cuda") is (attention == "flex")
+    assert own_kernel(False, attention, "cuda") is False and own_kernel(True, "flex", "cpu") is True
+    monkeypatch.setattr(attention_module, "kernels", None)  # no Triton
+    assert own_kernel("auto", attention, "cuda") is False
+    expect_exit(args(dataset, toks, tmp_path / "b", own_kernel="yes"), "own_kernel='yes'", "'auto'")
+
+
 @pytest.mark.parametrize("grad_clip", [0.0, 1.0])
 def test_optimizer_step_clips_only_when_asked(grad_clip):
     """grad_clip 0 means no clipping (train.py and bench.py step through the same function)."""

@@ -4,4 +4,3 @@
 exec(open("config/bytes.py").read())
 out_dir = "out-speed-bytes-conv1x128-all-layers"
 streams = [dict(streams[0], mixer="conv", conv_width=8)]
-own_kernel = True
