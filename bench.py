@@ -36,8 +36,8 @@ from train import Batches, build_model, model_setup, optimizer_step, packs, pars
 # attention come before the generic compiled-elementwise rule
 KINDS = [("matmul", r"nvjet|gemm|cutlass|cublas|splitKreduce|^aten::(mm|addmm|bmm|_addmm_activation)$"
                     r"|triton_tem_fused_(add)?mm"),
-         ("attention", r"flash|fmha|sdpa|cudnn|flex_attention|scaled_dot_product|^_own_(fwd|bwd)$"
-                       r"|own_attention"),
+         ("attention", r"flash|fmha|sdpa|cudnn|flex_attention|scaled_dot_product"
+                       r"|_own_(fwd|bwd)|own_attention"),  # the last two: kernels.py
          ("loss (log-softmax)", r"log_softmax|nll_loss|cross_entropy"),
          ("optimizer", r"multi_tensor|adam"),
          ("elementwise (compiled)", r"^triton_"),

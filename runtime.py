@@ -53,17 +53,15 @@ def check_dtype(dtype, device_type):
 
 def own_kernel(setting, attention, device_type):
     """The own_kernel option settled: 'auto' uses kernels.py where flex runs on a GPU with Triton."""
+    from attention import kernels
+    if setting is True and kernels is None:
+        raise SystemExit("error: own_kernel=True needs Triton (CUDA builds of torch ship it)")
     if setting != "auto":
         return setting
-    from attention import kernels
     return attention == "flex" and device_type == "cuda" and kernels is not None
 
 
-def check_attention(model_config, attention, own_kernel=False):
-    if own_kernel:
-        from attention import kernels
-        if kernels is None:
-            raise SystemExit("error: own_kernel=True needs Triton (CUDA builds of torch ship it)")
+def check_attention(model_config, attention):
     head_dims = [model_config.n_embd // model_config.n_head]
     head_dims += [s.n_embd // s.n_head for s in model_config.streams]
     if attention == "flex" and min(head_dims) < 16:

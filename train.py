@@ -215,7 +215,7 @@ def build_model(cfg, model_config, device, attention, rank=0):
     model.attention = attention
     model.own_kernel = own_kernel(cfg["own_kernel"], attention, torch.device(device).type)
     model.drop_embeddings = cfg["embed_dropout"] > 0
-    check_attention(model_config, attention, model.own_kernel)
+    check_attention(model_config, attention)
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"],
                                           (cfg["beta1"], cfg["beta2"]), torch.device(device).type,
                                           cfg["branch_lr_scale"])
