@@ -153,7 +153,8 @@ class Attention(nn.Module):
         """q: the queries already projected (rows, n, inner), in place of self.q(x)."""
         q = self.q(x) if q is None else q
         R, T, _ = q.shape
-        q = apply_rope(norm(heads(q, self.n_head)), *q_rope)  # QK-norm, then rotary
+        q = norm(heads(q, self.n_head))  # QK-norm, then rotary (none: the keys carry it)
+        q = q if q_rope is None else apply_rope(q, *q_rope)
         k, v = kv or keys_values(self.kv, x if source is None else source, self.n_head, k_rope)
         return self.proj(attend(q, k, v, mask).transpose(1, 2).reshape(R, T, -1))
 
@@ -440,7 +441,8 @@ class GPT(nn.Module):
 
     def run_stream(self, s, side, tok_end, block_lists):
         """Side stream s over its elements; returns what cross-attention into it needs: the stream's
-        states, rotary phases of queries (token ends) and keys (element ends), the mask, and with
+        states, rotary phases of queries (token ends) and keys (element ends; when each element has
+        one reader, none for queries and the keys' offsets from their reader's end), the mask, and with
         shared_kv the keys and values (else None: each layer projects its own).
         block_lists: FlexAttention's for (self-attention, cross-attention), or Nones for SDPA."""
         ids, (own_lists, cross_lists) = side["ids"], block_lists
@@ -454,13 +456,18 @@ class GPT(nn.Module):
             own_mask = interval_mask(side["self_lo"], side["self_hi"], ids.size(1), own_lists)
         h = self.streams[s](ids, own_rope, own_mask)
         offsets = getattr(self, f"cross_rope{s}")
-        q_rope = gather_rope(offsets, tok_end.reshape(ids.size(0), -1))
-        lo, hi = side["cross_lo"], side["cross_hi"]
+        tok_end, lo, hi = tok_end.reshape(ids.size(0), -1), side["cross_lo"], side["cross_hi"]
         if self.reads_own_elements(s):
             cross_mask = own_elements(lo, hi, ids.size(1), self.own_kernel)
+            # each element has one reader: its key turns by its offset from that token's end (<= 0)
+            # and the queries not at all, the same scores as turning both (rotary is relative),
+            # without a rotation of the queries in every reading layer
+            back = (tok_end.gather(1, cross_mask.owner) - side["end"]).clamp_min(0)
+            cos, sin = gather_rope(offsets, back)
+            q_rope, k_rope = None, (cos, -sin)
         else:
             cross_mask = interval_mask(lo, hi, ids.size(1), cross_lists)
-        k_rope = gather_rope(offsets, side["end"])
+            q_rope, k_rope = gather_rope(offsets, tok_end), gather_rope(offsets, side["end"])
         kv = None
         if str(s) in self.shared_kv:  # keys and values once for every reading layer
             kv = keys_values(self.shared_kv[str(s)], h, self.config.streams[s].n_head, k_rope)
