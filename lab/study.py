@@ -13,9 +13,9 @@ data_dir, and with --text2 on a second domain too (RUN/eval.json).
 The same command again skips finished runs and evaluations and resumes interrupted runs; a run
 kept without its checkpoint (results copied without *.pt) counts as finished once its log.jsonl
 reached its steps and it has an eval.json.
-An arm that sets `_match_time_of = "OTHER"` is matched in wall-clock to arm OTHER: its max_iters is
-scaled by OTHER's step time over its own, both measured alone by bench.py before training and kept
-in OUT/time_match.json (delete it to measure again).
+An arm that sets `_match_time_of = "OTHER"` is matched in wall-clock to arm OTHER: it trains for
+OTHER's steps (OTHER may itself be matched) scaled by OTHER's step time over its own, both measured
+alone by bench.py before training and kept in OUT/time_match.json (delete it to measure again).
 Writes OUT/summary.json, OUT/summary.md and, with matplotlib, OUT/curves.png, noise.png and
 tasks.png.
 """
@@ -144,10 +144,10 @@ def plan_runs(args, arms, ratios):
             run = dict(arm=name, seed=seed, name=f"{name}_s{seed}", error=arm["error"],
                        dir=os.path.join(args.out, "runs", f"{name}_s{seed}"))
             runs.append(run)
-            if arm["error"] or (arm["match"] and name not in ratios):
+            steps = None if arm["error"] else arm_steps(name, arms, ratios)
+            if steps is None:
                 continue  # (a dry run has not measured the ratio)
-            scale = ratios[name]["ratio"] if arm["match"] else 1
-            run["steps"] = round(arm["cfg"]["max_iters"] * scale)
+            run["steps"] = round(steps)
             step = trained_step(run)
             run["state"] = "new" if step is None else "done" if step >= run["steps"] else "resume"
             run["cmd"] = [sys.executable, os.path.join(ROOT, "train.py"), arm["path"],
@@ -155,6 +155,18 @@ def plan_runs(args, arms, ratios):
                           f"--max_iters={run['steps']}", *shlex.split(args.train_args),
                           *["--init_from=resume"] * (run["state"] == "resume")]
     return runs
+
+
+def arm_steps(name, arms, ratios, seen=()):
+    """An arm's steps: its max_iters or, matched to OTHER, OTHER's steps (themselves matched,
+    maybe) x OTHER's step time / its own. None while a ratio is unmeasured (a dry run)."""
+    arm = arms[name]
+    if not arm["match"]:
+        return arm["cfg"]["max_iters"]
+    if name in seen:
+        raise SystemExit(f"error: arms matched in wall-clock in a circle: {' -> '.join(seen + (name,))}")
+    other = arm_steps(arm["match"], arms, ratios, seen + (name,))
+    return None if other is None or name not in ratios else other * ratios[name]["ratio"]
 
 
 def trained_step(run):

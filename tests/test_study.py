@@ -149,6 +149,18 @@ def test_wall_clock_ratio_measured_once_by_bench(dataset, toks, tmp_path, capsys
     assert study.time_ratios(args, arms) == ratios and "bench.py" not in capsys.readouterr().out  # kept
 
 
+def test_wall_clock_matching_chains_and_refuses_circles():
+    arm = lambda match=None, steps=1000: dict(match=match, cfg=dict(max_iters=steps), error=None)
+    arms = dict(bytes=arm(), baseline_time=arm("bytes"), every3_time=arm("baseline_time"))
+    ratios = dict(baseline_time=dict(ratio=1.139), every3_time=dict(ratio=1 / 1.09))
+    # every3_time trains as long as baseline_time's 1,139 steps take, not as long as 1,000
+    assert study.arm_steps("every3_time", arms, ratios) == pytest.approx(1139 / 1.09)
+    assert study.arm_steps("every3_time", arms, {"every3_time": ratios["every3_time"]}) is None
+    arms["bytes"] = arm("every3_time")
+    with pytest.raises(SystemExit, match="in a circle"):
+        study.arm_steps("every3_time", arms, ratios)
+
+
 def run_study(arms, out, *extra):
     cmd = [sys.executable, "-m", "lab.study", *arms, "--seeds=2", f"--out={out}", "--parallel=2",
            f"--eval_args={EVAL}", *extra]
