@@ -140,11 +140,11 @@ def plan_runs(args, arms, ratios):
     command."""
     runs = []
     for name, arm in arms.items():
+        steps = None if arm["error"] else arm_steps(name, arms, ratios)
         for seed in range(1, args.seeds + 1):
             run = dict(arm=name, seed=seed, name=f"{name}_s{seed}", error=arm["error"],
                        dir=os.path.join(args.out, "runs", f"{name}_s{seed}"))
             runs.append(run)
-            steps = None if arm["error"] else arm_steps(name, arms, ratios)
             if steps is None:
                 continue  # (a dry run has not measured the ratio)
             run["steps"] = round(steps)
