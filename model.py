@@ -16,6 +16,7 @@ model only applies them, through attention.py. With no streams the model is a pl
 RMSNorm, rotary embeddings, QK-norm, ReLU^2 MLP, tied embeddings.
 """
 import math
+import re
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -39,7 +40,8 @@ class StreamConfig:
     packed_budget: int = 0          # >0: in training, a batch's windows share one row of
                                     # B * packed_budget elements (set near the mean per window:
                                     # no padding to compute)
-    cross_layers: object = (0,)     # main layers that read this stream: a list of indices, or "all"
+    cross_layers: object = (0,)     # main layers that read this stream: a list of indices, "all",
+                                    # or "every3" (layers 0, 3, 6, ...; any k >= 1)
     locality: object = None         # k: token i reads only elements ending inside tokens
                                     # i-k..i; None: all
     mixer: str = "attention"        # how the stream mixes its own elements: "attention",
@@ -75,8 +77,12 @@ class GPTConfig:
                     raise ValueError(f"unknown stream option(s) {sorted(bad)}; "
                                      f"valid: {sorted(valid)}")
                 s = StreamConfig(**s)
-            if s.cross_layers == "all":
-                s.cross_layers = list(range(self.n_layer))
+            if isinstance(s.cross_layers, str):
+                every = re.fullmatch(r"all|every([1-9]\d*)", s.cross_layers)
+                if not every:
+                    raise ValueError(f"stream {s.tokenizer}: cross_layers must be a list of layers, 'all' "
+                                     f"or 'every<k>' such as 'every3', not {s.cross_layers!r}")
+                s.cross_layers = list(range(0, self.n_layer, int(every.group(1) or 1)))
             s.cross_layers = sorted(int(l) for l in s.cross_layers)
             if not all(0 <= l < self.n_layer for l in s.cross_layers):
                 raise ValueError(f"stream {s.tokenizer}: cross_layers {s.cross_layers} "

@@ -41,12 +41,12 @@ DEFAULTS = dict(
     data_dir="data/shakespeare",   # made by prepare.py
     out_dir="out",
     init_from="scratch",           # 'scratch', 'resume' (out_dir/ckpt.pt), 'auto' (resume if any)
-    # model (see model.py); the default is GPT-2 small whose every layer reads its own bytes from a 1 x 128
-    # byte GPT, as config/bytes.py
+    # model (see model.py); the default is GPT-2 small whose every third layer reads its own bytes from a
+    # 1 x 128 byte GPT, as config/bytes.py
     tokenizer="gpt2",
     block_size=1024, n_layer=12, n_head=12, n_embd=768, dropout=0.0,
     streams=[dict(tokenizer="bytes", n_layer=1, n_head=2, n_embd=128, window=256, budget=6144,
-                  packed_budget=4096, cross_layers="all", locality=0, shared_kv=True, parallel=True)],
+                  packed_budget=4096, cross_layers="every3", locality=0, shared_kv=True, parallel=True)],
     # optimization
     batch_size=16,                 # windows per micro-step per process
     total_batch_size=16 * 1024,    # tokens per optimizer step, over all processes and micro-steps

@@ -48,10 +48,12 @@ def canonical(toks, text):
 
 # a budget far below the window's bytes: what is kept must not depend on how long later tokens are;
 # every layer reading only its own token's bytes (config/bytes_own.py), with one key/value projection for
-# all (config/speed/bytes_all_layers_local0_shared_kv.py); some layers above 0 doing so (config/bytes_every3.py)
+# all (config/speed/bytes_all_layers_local0_shared_kv.py); some layers above 0 doing so (config/bytes_every3.py);
+# the default's reading (config/bytes.py: shared keys/values, beside self-attention) by a layer above 0
 CAUSAL_VARIANTS = dict(VARIANTS, tight_budget=[dict(BYTES, budget=64)],
                        all_layers_local0=[dict(BYTES, cross_layers="all", locality=0)],
                        upper_layer_local0=[dict(BYTES, cross_layers=[1], locality=0)],
+                       upper_layer_default=[dict(BYTES, cross_layers=[1], locality=0, shared_kv=True, parallel=True)],
                        all_layers_local0_shared_kv=[dict(BYTES, cross_layers="all", locality=0, shared_kv=True)])
 # side streams mixed by a recurrence instead of attention (mixer="recurrent")
 RECURRENT = dict(BYTES, mixer="recurrent")

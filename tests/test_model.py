@@ -72,6 +72,20 @@ def test_branch_off_is_the_plain_gpt(toks):
         assert not torch.allclose(base(**y)[0], byte(**x)[0]), "the byte branch must be able to change outputs"
 
 
+def test_cross_layers_by_name():
+    """'all' and 'every<k>' name layers by the model's depth; anything else is refused."""
+    def layers(spec, n_layer=12):
+        cfg = GPTConfig(n_layer=n_layer, streams=[dict(tokenizer="bytes", cross_layers=spec)])
+        return cfg.streams[0].cross_layers
+    assert layers("every3") == [0, 3, 6, 9] and layers("every5") == [0, 5, 10] and layers("every3", 4) == [0, 3]
+    assert layers("all", 3) == [0, 1, 2] == layers("every1", 3) and layers([9, 0]) == [0, 9]
+    for bad in ("every0", "every", "every 3", "third", "ALL"):
+        with pytest.raises(ValueError, match="every<k>"):
+            layers(bad)
+    with pytest.raises(ValueError, match="outside"):
+        layers([12])
+
+
 def test_training_logits_need_no_gradient(toks):
     """With targets, logits come detached: a compiled step otherwise zero-fills a gradient the size
     of the logits (B x T x vocab) every training step for an output that nobody reads."""

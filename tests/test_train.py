@@ -134,6 +134,10 @@ def test_config_files_and_overrides(tmp_path):
     try:
         for path in shipped:  # every shipped config parses and validates
             train.validate(train.parse_config([path])[0])
+        # train.py's defaults are config/bytes.py's model, as both say
+        default = train.parse_config([os.path.join("config", "bytes.py")])[0]
+        for key in ("tokenizer", "block_size", "n_layer", "n_head", "n_embd", "streams"):
+            assert default[key] == train.DEFAULTS[key], key
     finally:
         os.chdir(cwd)
 
