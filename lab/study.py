@@ -229,7 +229,7 @@ def run_jobs(jobs, parallel, what):
     env = {"OMP_NUM_THREADS": threads, "TORCHINDUCTOR_COMPILE_THREADS": threads, **os.environ,
            "PYTHONUNBUFFERED": "1"}
     waiting, retry, running, failed = [dict(j, tries=0) for j in jobs], [], {}, []
-    t0, shown = time.time(), 0.0
+    t0, shown, first = time.time(), 0.0, None
     units = lambda: [sum(u) for u in zip(*(j["units"]() for j in jobs))] or [0, 0]
     start, total = units()
     try:
@@ -258,8 +258,9 @@ def run_jobs(jobs, parallel, what):
                     print(f"{what} {name}: " + result)
             if time.time() - shown >= PROGRESS_S or not (waiting or retry or running):
                 shown, elapsed, done = time.time(), time.time() - t0, units()[0]
-                frac = (done - start) / max(total - start, 1)
-                eta = f"eta {elapsed * (1 - frac) / frac / 60:.1f} min" if frac > 0 else "eta -"
+                first = first or ((shown, done) if done > start else None)
+                left = minutes_left(first, shown, done, total)
+                eta = "eta -" if left is None else f"eta {left:.1f} min"
                 print(f"[{what}] {len(running)} running, {len(waiting) + len(retry)} waiting, "
                       f"{len(failed)} failed | {done}/{total} | {elapsed / 60:.1f} min | {eta}",
                       flush=True)
@@ -273,6 +274,14 @@ def run_jobs(jobs, parallel, what):
             p.wait()
         raise SystemExit(130)
     return failed
+
+
+def minutes_left(first, now, done, total):
+    """Minutes to go at the rate seen since `first`, the (time, units done) of the first progress:
+    what came before it (start-up, compilation) says nothing about the rate. None until there is one."""
+    if first is None or done <= first[1]:
+        return None
+    return (now - first[0]) / (done - first[1]) * (total - done) / 60
 
 
 def last_step(run_dir):

@@ -96,6 +96,15 @@ def test_runs_kept_without_checkpoints_are_done(tmp_path, capsys):
     assert curves["baseline"][1] == {0: (0, 0.0, 2.0), 6: (768, 4.5, 1.6)}
 
 
+def test_eta_rests_on_the_rate_after_the_first_progress():
+    """Three runs compiling for 150 s, then 100 steps every 10 s: the ETA must not count compilation
+    as training (it said 60 minutes where 3 were left)."""
+    assert study.minutes_left(None, 150.0, 0, 3150) is None  # nothing done yet
+    first = (150.0, 150)  # the first progress seen
+    assert study.minutes_left(first, 150.0, 150, 3150) is None  # no rate yet
+    assert study.minutes_left(first, 160.0, 250, 3150) == pytest.approx(2900 / 100 * 10 / 60)
+
+
 def test_a_job_that_ran_out_of_gpu_memory_runs_again(tmp_path, capsys):
     """A job that died out of GPU memory runs again (retry_cmd, appending to its log) once fewer jobs
     run; it counts as failed only after OOM_RETRIES more failures. Any other failure is final."""
