@@ -384,6 +384,14 @@ def log_metrics(run_dir, tokens_per_step):
             "train.tok_s": tok_s}, curve
 
 
+def trained_on(run_dir):
+    """The devices train.py's log names ("cuda (NVIDIA H200)", "cpu"; older logs: "cuda"): a run
+    resumed elsewhere has more than one; arms of one study may have trained on different machines."""
+    path = os.path.join(run_dir, "train.log")
+    text = open(path, errors="replace").read() if os.path.exists(path) else ""
+    return sorted(set(re.findall(r"process\(es\) on (\w+(?: \([^)]*\))?)", text))) or ["?"]
+
+
 def flatten(tree, prefix=""):
     """Numeric leaves of nested dicts, named by their dotted path (lists, strings, booleans left
     out)."""
@@ -473,6 +481,8 @@ def study_settings(args, argv, arms, ratios, runs, problems, t0):
                 python=sys.version.split()[0], baseline=args.baseline,
                 failed=[p for _, p in problems], minutes=(time.time() - t0) / 60,
                 time_match=ratios,
+                trained_on={n: sorted({d for r in runs if r["arm"] == n for d in trained_on(r["dir"])})
+                            for n in arms if any(r["arm"] == n for r in runs)},
                 evaluate=json.load(open(evals[0]))["settings"] if evals else None,
                 arms={n: dict(path=a["path"], error=a["error"], config=a["cfg"])
                       for n, a in arms.items()})
@@ -510,6 +520,7 @@ def markdown(summary, baseline):
              # where this summary was written: runs finished earlier may have trained elsewhere
              f"summarised at commit {s['commit'][:12] or '?'}{' + local changes' * s['dirty']}, "
              f"on {s['device']}, torch {s['torch']}; seeds: {seeds}", "",
+             "trained on: " + "; ".join(f"{a} {', '.join(d)}" for a, d in s["trained_on"].items()), "",
              "Mean ± sd over seeds (metrics that differ between runs; summary.json has them "
              "all):", "",
              "| metric | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]

@@ -226,6 +226,7 @@ def test_study_end_to_end(dataset, toks, tmp_path):
     assert "| metric | baseline | bytes | baseline_time |" in table and "| train.val_bpb | " in table
     assert "| metric | bytes − baseline | baseline_time − baseline |" in table
     assert "FAILED: typo_s1" in table
+    assert "trained on: baseline cpu; bytes cpu; baseline_time cpu" in table  # each arm's machine, from its log
     plots = [(out / f).exists() for f in ("curves.png", "noise.png", "tasks.png")]
     assert all(plots) if importlib.util.find_spec("matplotlib") else not any(plots)  # an optional extra
 
