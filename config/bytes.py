@@ -1,6 +1,6 @@
 # The default byte config (train.py's DEFAULTS): config/baseline.py plus a one-layer byte GPT (1 x 128,
 # window 256) whose bytes every third main layer (0, 3, 6, 9) reads, each token only its own (locality 0),
-# through one shared key/value projection, beside the layer's self-attention. 1.075-1.085x the baseline's
+# through one shared key/value projection, beside the layer's self-attention. 1.07-1.085x the baseline's
 # step time; at equal wall-clock it ties the baseline in domain and keeps the all-layers config's out-of-
 # domain and letter gains (3 seeds, FINDINGS.md). config/bytes_all_layers.py: every layer reads, 1.135-1.14x.
 exec(open("config/baseline.py").read())
