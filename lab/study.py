@@ -475,14 +475,16 @@ def summarise(per_run, baseline):
 def study_settings(args, argv, arms, ratios, runs, problems, t0):
     """What summary.json records about the study: command, code, machine, arms and evaluation."""
     evals = [p for p in (f"{r['dir']}/eval.json" for r in runs) if os.path.exists(p)]
+    devices = {}
+    for r in runs:
+        devices[r["arm"]] = sorted(set(devices.get(r["arm"], [])) | set(trained_on(r["dir"])))
     return dict(command=shlex.join(["python", "-m", "lab.study", *argv]), **code_state(),
                 torch=torch.__version__,
                 device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 python=sys.version.split()[0], baseline=args.baseline,
                 failed=[p for _, p in problems], minutes=(time.time() - t0) / 60,
                 time_match=ratios,
-                trained_on={n: sorted({d for r in runs if r["arm"] == n for d in trained_on(r["dir"])})
-                            for n in arms if any(r["arm"] == n for r in runs)},
+                trained_on=devices,
                 evaluate=json.load(open(evals[0]))["settings"] if evals else None,
                 arms={n: dict(path=a["path"], error=a["error"], config=a["cfg"])
                       for n, a in arms.items()})
