@@ -54,7 +54,11 @@ CAUSAL_VARIANTS = dict(VARIANTS, tight_budget=[dict(BYTES, budget=64)],
                        all_layers_local0=[dict(BYTES, cross_layers="all", locality=0)],
                        upper_layer_local0=[dict(BYTES, cross_layers=[1], locality=0)],
                        upper_layer_default=[dict(BYTES, cross_layers=[1], locality=0, shared_kv=True, parallel=True)],
-                       all_layers_local0_shared_kv=[dict(BYTES, cross_layers="all", locality=0, shared_kv=True)])
+                       all_layers_local0_shared_kv=[dict(BYTES, cross_layers="all", locality=0, shared_kv=True)],
+                       # the default's reading of a one-head byte GPT mixed by a convolution wider than most
+                       # tokens (config/speed/bytes_conv64.py), by a layer above 0
+                       conv_upper_layer=[dict(BYTES, mixer="conv", conv_width=8, n_head=1, cross_layers=[1],
+                                              locality=0, shared_kv=True, parallel=True)])
 # side streams mixed by a recurrence instead of attention (mixer="recurrent")
 RECURRENT = dict(BYTES, mixer="recurrent")
 CAUSAL_VARIANTS.update(recurrent=[RECURRENT], recurrent_two_layers=[dict(RECURRENT, n_layer=2)],
@@ -127,7 +131,7 @@ def test_side_tokens_ending_inside_the_past_can_depend_on_the_future(toks):
 @pytest.mark.parametrize("attention", ["sdpa", "flex"])
 @pytest.mark.parametrize("variant", ["layer0", "all_layers", "local0", "local2", "two_streams", "recurrent",
                                      "recurrent_two_layers", "recurrent_local0", "upper_layer_local0",
-                                     "shared_kv", "parallel"])
+                                     "shared_kv", "parallel", "upper_layer_default", "conv", "conv_upper_layer"])
 def test_own_bytes_change_own_output(toks, variant, attention):
     """Changing the bytes of token i (not its id) changes output i and nothing before it."""
     m = build(toks, CAUSAL_VARIANTS[variant], attention=attention)
