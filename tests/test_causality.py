@@ -50,15 +50,15 @@ def canonical(toks, text):
 # every layer reading only its own token's bytes (config/bytes_own.py), with one key/value projection for
 # all (config/speed/bytes_all_layers_local0_shared_kv.py); some layers above 0 doing so (config/bytes_every3.py);
 # the default's reading (config/bytes.py: shared keys/values, beside self-attention) by a layer above 0
+UPPER_LAYER_DEFAULT = dict(BYTES, cross_layers=[1], locality=0, shared_kv=True, parallel=True)
 CAUSAL_VARIANTS = dict(VARIANTS, tight_budget=[dict(BYTES, budget=64)],
                        all_layers_local0=[dict(BYTES, cross_layers="all", locality=0)],
                        upper_layer_local0=[dict(BYTES, cross_layers=[1], locality=0)],
-                       upper_layer_default=[dict(BYTES, cross_layers=[1], locality=0, shared_kv=True, parallel=True)],
+                       upper_layer_default=[UPPER_LAYER_DEFAULT],
                        all_layers_local0_shared_kv=[dict(BYTES, cross_layers="all", locality=0, shared_kv=True)],
-                       # the default's reading of a one-head byte GPT mixed by a convolution wider than most
-                       # tokens (config/speed/bytes_conv64.py), by a layer above 0
-                       conv_upper_layer=[dict(BYTES, mixer="conv", conv_width=8, n_head=1, cross_layers=[1],
-                                              locality=0, shared_kv=True, parallel=True)])
+                       # the same reading of a one-head byte GPT mixed by a convolution wider than most
+                       # tokens (config/speed/bytes_conv64.py)
+                       conv_upper_layer=[dict(UPPER_LAYER_DEFAULT, mixer="conv", conv_width=8, n_head=1)])
 # side streams mixed by a recurrence instead of attention (mixer="recurrent")
 RECURRENT = dict(BYTES, mixer="recurrent")
 CAUSAL_VARIANTS.update(recurrent=[RECURRENT], recurrent_two_layers=[dict(RECURRENT, n_layer=2)],
