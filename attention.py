@@ -5,7 +5,8 @@ Who sees what, and the attention that applies it. The data loader gives every qu
 - "flex" (GPU): FlexAttention with block masks whose block lists are built from the intervals at the
   start of the forward pass, outside the model's compiled graph; with locality 0, where every key has
   at most one reader, cross-attention reads each query's own keys directly (kernels.py on a GPU, or
-  gathers and scatter-adds over the keys in PyTorch) instead.
+  gathers and scatter-adds over the keys in PyTorch) instead; a side stream's sliding-window
+  self-attention may run chunk by chunk as one batched SDPA (SlidingWindow), without block masks.
 """
 import math
 from typing import NamedTuple
@@ -31,6 +32,8 @@ def attend(q, k, v, mask):
         # the main kernel for any number of queries: below 128, inductor's decoding kernel, which it
         # would pick, failed to compile these masks (torch 2.11, an H200)
         return flex_attention(q, k, v, block_mask=mask, kernel_options=dict(FORCE_USE_FLEX_ATTENTION=True))
+    if isinstance(mask, SlidingWindow):
+        return attend_window_chunks(q, k, v, mask)
     if isinstance(mask, OwnElements):
         if mask.kernel and q.is_cuda:
             return kernels.own_attention(q, k, v, mask.lo, mask.hi)
@@ -59,6 +62,38 @@ def attend_own_elements(q, k, v, own):
     out = weight.new_zeros(R, H, Q, D).scatter_add(2, idx_d, weight[..., None] * v.to(acc))
     return (out / total.clamp_min(1e-30)[..., None]).type_as(q)
 
+
+
+class SlidingWindow(NamedTuple):
+    """A side stream's own attention: element m reads elements m - window + 1 .. m of its own window
+    (whose first element is m - pos[m]), the same as data.collate's self_lo, self_hi intervals."""
+    pos: torch.Tensor
+    window: int
+    chunk: int = 64
+
+
+def attend_window_chunks(q, k, v, w):
+    """Sliding-window attention computed densely: the elements cut into chunks of w.chunk, each
+    chunk's queries against the keys of itself and of the ceil((window - 1) / chunk) chunks before
+    it, in one batched SDPA over a (chunk x span) mask. No block lists to build each step and no
+    FlexAttention kernel, which runs heads of 64 far below the GPU's peak (FINDINGS.md)."""
+    R, H, N, D = q.shape
+    C = w.chunk
+    n, back = -(-N // C), -(-(w.window - 1) // C)
+    span, pad = (back + 1) * C, -N % C
+
+    def chunks(t, before, size):  # (R * n, H, size, D): rows of t from `before` elements ahead
+        t = F.pad(t, (0, 0, before, pad)).unfold(2, size, C)  # (R, H, n, D, size), a view
+        return t.permute(0, 2, 1, 4, 3).reshape(R * n, H, size, D)
+
+    # query i of chunk c is element c*C + i, key j element (c - back)*C + j: i + back*C - j back
+    ago = torch.arange(C, device=q.device)[:, None] + back * C - torch.arange(span, device=q.device)
+    pos = F.pad(w.pos, (0, pad)).view(R * n, 1, C, 1)
+    # the window, and none before the element's own window's first (nor the padding ahead of row 0)
+    mask = (ago >= 0) & (ago < w.window) & (ago <= pos)
+    out = F.scaled_dot_product_attention(chunks(q, 0, C), chunks(k, back * C, span),
+                                         chunks(v, back * C, span), attn_mask=mask)
+    return out.view(R, n, H, C, D).transpose(1, 2).reshape(R, H, n * C, D)[:, :, :N]
 
 
 def interval_mask(lo, hi, kv_len, block_lists=None):

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import attend, interval_mask, own_elements, stream_block_lists
+from attention import SlidingWindow, attend, interval_mask, own_elements, stream_block_lists
 
 
 @dataclass
@@ -369,6 +369,8 @@ class GPT(nn.Module):
         self.lm_head.weight = self.wte.weight  # tied, as in GPT-2
         self.attention = "sdpa"  # or "flex"; a runtime choice, not part of the architecture
         self.own_kernel = False  # flex, locality 0, a GPU: own elements read by kernels.py
+        # flex: side streams' sliding-window self-attention chunk by chunk in SDPA, not by block masks
+        self.chunked_windows = False
         # training only, when train.py switches it on: zero each token's embedding with probability
         # embed_dropout (a tensor: a schedule changes it without recompiling), so that its bytes
         # must tell
@@ -411,8 +413,8 @@ class GPT(nn.Module):
         assert T <= c.block_size, f"sequence of {T} tokens is longer than block_size {c.block_size}"
         assert len(sides) == len(c.streams), (
             f"model has {len(c.streams)} side streams, got {len(sides)}")
-        needs = [(st.mixer == "attention", not self.reads_own_elements(s))
-                 for s, st in enumerate(self.streams)]
+        needs = [(st.mixer == "attention" and not self.chunked_windows,
+                  not self.reads_own_elements(s)) for s, st in enumerate(self.streams)]
         # built in one call outside the compiled graph (a break at the top of forward: still one
         # graph); when this forward pass is itself compiled for a GPU, by a graph of their own
         compiled = torch.compiler.is_compiling() and idx.is_cuda
@@ -459,7 +461,10 @@ class GPT(nn.Module):
             own_mask = side["pos"]
         else:
             own_rope = gather_rope(getattr(self, f"stream_rope{s}"), side["pos"])
-            own_mask = interval_mask(side["self_lo"], side["self_hi"], ids.size(1), own_lists)
+            if self.attention == "flex" and self.chunked_windows:
+                own_mask = SlidingWindow(side["pos"], self.config.streams[s].window)
+            else:
+                own_mask = interval_mask(side["self_lo"], side["self_hi"], ids.size(1), own_lists)
         h = self.streams[s](ids, own_rope, own_mask)
         offsets = getattr(self, f"cross_rope{s}")
         tok_end, lo, hi = tok_end.reshape(ids.size(0), -1), side["cross_lo"], side["cross_hi"]

@@ -19,7 +19,8 @@ def build(toks, streams, n_layer=2, attention="sdpa", seed=0):
     cfg = GPTConfig(tokenizer="bpe300", vocab_size=toks["bpe300"].vocab_size, block_size=T, n_layer=n_layer,
                     n_head=2, n_embd=32, streams=[dict(s, vocab_size=toks[s["tokenizer"]].vocab_size) for s in streams])
     m = GPT(cfg).eval()
-    m.attention = attention
+    # flex_chunked: flex with side streams' sliding windows chunk by chunk (attention.SlidingWindow)
+    m.attention, m.chunked_windows = attention.removesuffix("_chunked"), attention.endswith("_chunked")
     randomize_cross(m)
     return m
 
@@ -58,7 +59,9 @@ CAUSAL_VARIANTS = dict(VARIANTS, tight_budget=[dict(BYTES, budget=64)],
                        all_layers_local0_shared_kv=[dict(BYTES, cross_layers="all", locality=0, shared_kv=True)],
                        # the same reading of a one-head byte GPT mixed by a convolution wider than most
                        # tokens (config/speed/bytes_conv64.py)
-                       conv_upper_layer=[dict(UPPER_LAYER_DEFAULT, mixer="conv", conv_width=8, n_head=1)])
+                       conv_upper_layer=[dict(UPPER_LAYER_DEFAULT, mixer="conv", conv_width=8, n_head=1)],
+                       # a window over more bytes than a chunk of attention.SlidingWindow holds (64)
+                       long_window=[dict(UPPER_LAYER_DEFAULT, window=100)])
 # side streams mixed by a recurrence instead of attention (mixer="recurrent")
 RECURRENT = dict(BYTES, mixer="recurrent")
 CAUSAL_VARIANTS.update(recurrent=[RECURRENT], recurrent_two_layers=[dict(RECURRENT, n_layer=2)],
@@ -68,7 +71,7 @@ CAUSAL_VARIANTS.update(recurrent=[RECURRENT], recurrent_two_layers=[dict(RECURRE
 CONTINUATIONS = ["berry jam and more shells by the sea, all of them strange", " hat and more shells by the sea"]
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+@pytest.mark.parametrize("attention", ["sdpa", "flex", "flex_chunked"])
 @pytest.mark.parametrize("variant", list(CAUSAL_VARIANTS))
 def test_later_tokens_do_not_change_earlier_outputs(toks, variant, attention):
     m = build(toks, CAUSAL_VARIANTS[variant], attention=attention)
@@ -128,10 +131,11 @@ def test_side_tokens_ending_inside_the_past_can_depend_on_the_future(toks):
     assert seen[0][1] == seen[1][1], "the rule by `known` sees the same side tokens whatever follows"
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+@pytest.mark.parametrize("attention", ["sdpa", "flex", "flex_chunked"])
 @pytest.mark.parametrize("variant", ["layer0", "all_layers", "local0", "local2", "two_streams", "recurrent",
                                      "recurrent_two_layers", "recurrent_local0", "upper_layer_local0",
-                                     "shared_kv", "parallel", "upper_layer_default", "conv", "conv_upper_layer"])
+                                     "shared_kv", "parallel", "upper_layer_default", "conv", "conv_upper_layer",
+                                     "long_window"])
 def test_own_bytes_change_own_output(toks, variant, attention):
     """Changing the bytes of token i (not its id) changes output i and nothing before it."""
     m = build(toks, CAUSAL_VARIANTS[variant], attention=attention)

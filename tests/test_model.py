@@ -144,12 +144,14 @@ def packed(streams, fraction):
     return [dict(s, packed_budget=int(s["budget"] * fraction)) for s in streams]
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_flex_and_sdpa_compute_the_same_function(toks, variant, pack):
+def test_flex_and_sdpa_compute_the_same_function(toks, variant, pack, chunked):
     """FlexAttention (block masks built from intervals; forward only on CPU) equals SDPA with dense masks
     written from the same intervals. Three windows, one with padding tokens, lengths not multiples of 128;
-    packed: all windows in one row, the last ones cut."""
+    packed: all windows in one row, the last ones cut. chunked: the flex path with side streams' sliding
+    windows chunk by chunk (attention.SlidingWindow) instead of block masks."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.3) if pack else VARIANTS[variant], T=100)
     randomize_cross(m)
     x = batch_for(toks, m, TEXT, starts=spread_starts(toks), pack=pack)
@@ -157,9 +159,37 @@ def test_flex_and_sdpa_compute_the_same_function(toks, variant, pack):
         assert x["sides"][0]["ids"].size(0) == 1 and (x["targets"] == -1).sum() > 10, "the test must cut"
     with torch.no_grad():
         ref, _ = m(**x)
-        m.attention = "flex"
+        m.attention, m.chunked_windows = "flex", chunked
         out, _ = m(**x)
     assert torch.allclose(ref, out, atol=2e-5), (ref - out).abs().max()
+
+
+@pytest.mark.parametrize("window", [1, 8, 64, 65, 100, 256])
+def test_sliding_window_chunks_equal_the_interval_mask_with_gradients(window):
+    """attention.SlidingWindow (chunks of 64 elements in one batched SDPA) against the dense interval
+    mask that data.collate's self_lo, self_hi give, in float64, output and the gradients of queries,
+    keys and values: windows of random lengths packed back to back in rows whose length is no multiple
+    of the chunk, padding slots (windows of their own) among them, windows shorter and longer than a
+    chunk and than the stream's windows."""
+    import attention
+    g = torch.Generator().manual_seed(window)
+    R, H, N, D = 2, 2, 333, 8
+    pos = torch.zeros(R, N, dtype=torch.long)
+    for r in range(R):
+        j = 0
+        while j < N:
+            n = int(torch.randint(1, 150, (), generator=g)) if j % 3 else 1  # some 1-slot padding windows
+            pos[r, j:j + n] = torch.arange(min(n, N - j))
+            j += n
+    j = torch.arange(N)
+    lo, hi = torch.maximum(j - window + 1, j - pos), (j + 1).expand(R, N)
+    q, k, v = (torch.randn(R, H, N, D, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
+    ref = attention.attend(q, k, v, attention.interval_mask(lo, hi, N))
+    out = attention.attend(q, k, v, attention.SlidingWindow(pos, window))
+    assert torch.allclose(ref, out, atol=1e-12)
+    grad = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    for a, b in zip(torch.autograd.grad(ref, (q, k, v), grad), torch.autograd.grad(out, (q, k, v), grad)):
+        assert torch.allclose(a, b, atol=1e-12)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "flex"])
@@ -263,10 +293,13 @@ def test_param_counts_and_flops(toks):
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("variant", ["local0", "local2", "overflow", "two_streams", "shared_kv", "parallel",
                                      "one_head", "conv"])
-def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack):
-    """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path."""
+@pytest.mark.parametrize("chunked", [False, True])
+def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack, chunked):
+    """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path;
+    chunked: side streams' sliding windows chunk by chunk (attention.SlidingWindow)."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.6) if pack else VARIANTS[variant], T=256).cuda().train()
     randomize_cross(m)
+    m.chunked_windows = chunked
     text = TEXT * 4
     x = batch_inputs(batch_for(toks, m, text, starts=(0, 300), pack=pack), "cuda")
     assert_compiled_flex_matches_sdpa(m, x, torch.compile)
@@ -302,14 +335,19 @@ def varied_text(n_docs, seed=0):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("pack", [False, True])
-@pytest.mark.parametrize("stream", [{}, dict(cross_layers="all", locality=0, shared_kv=True, parallel=True),
-                                    dict(n_head=1, cross_layers="all", locality=0, shared_kv=True, parallel=True),
-                                    dict(mixer="recurrent"),
-                                    dict(mixer="conv", n_layer=1, cross_layers="all", locality=0, shared_kv=True,
-                                         parallel=True)],
-                         ids=["layer0", "all_layers_local0_shared_kv_parallel", "one_head_all_layers", "recurrent",
-                              "conv_all_layers"])
-def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream):
+@pytest.mark.parametrize("stream,chunked", [
+    pytest.param({}, False, id="layer0"),
+    pytest.param(dict(cross_layers="all", locality=0, shared_kv=True, parallel=True), False,
+                 id="all_layers_local0_shared_kv_parallel"),
+    pytest.param(dict(n_head=1, cross_layers="all", locality=0, shared_kv=True, parallel=True), False,
+                 id="one_head_all_layers"),
+    pytest.param(dict(mixer="recurrent"), False, id="recurrent"),
+    pytest.param(dict(mixer="conv", n_layer=1, cross_layers="all", locality=0, shared_kv=True, parallel=True),
+                 False, id="conv_all_layers"),
+    # the default's byte GPT and reading (config/bytes.py), its windows chunk by chunk (SlidingWindow)
+    pytest.param(dict(n_layer=1, n_head=2, cross_layers="every2", locality=0, shared_kv=True, parallel=True),
+                 True, id="default_chunked")])
+def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream, chunked):
     """On GPU, as train.py runs it: the model compiled once (train.compile_model), evaluated first
     under no_grad on a batch of other shapes (3 unpacked windows, reduction='none'), then trained on
     8 windows of 512 tokens, packed or not, with the study's byte stream (read by layer 0, or by
@@ -331,6 +369,7 @@ def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream):
     assert train_x["sides"][0]["ids"].shape == rows and eval_x["sides"][0]["ids"].shape == (3, 3072)
     train_x, eval_x = batch_inputs(train_x, "cuda"), batch_inputs(eval_x, "cuda")
     results = {}
+    m.chunked_windows = chunked
     for path in ("flex", "sdpa"):  # compiled flex first, as in a fresh training process
         m.attention, m.own_kernel = path, path == "flex"
         fn = train.compile_model(m) if path == "flex" else m
