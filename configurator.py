@@ -113,7 +113,7 @@ def validate(cfg):
         "attention": (lambda v: v in ("auto", "flex", "sdpa"), "'auto', 'flex' or 'sdpa'"),
         "pack": (lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
         "own_kernel": (lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
-        "chunked_windows": (lambda v: v in (True, False, "auto"), "True, False or 'auto'"),
+        "chunked_windows": (lambda v: v in (True, False), "True or False"),
         "device": (lambda v: v == "auto" or isinstance(v, str)
                    and v.split(":")[0] in ("cpu", "cuda", "mps"),
                    "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),

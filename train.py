@@ -73,9 +73,9 @@ DEFAULTS = dict(
     own_kernel="auto",             # flex on a GPU, locality 0: tokens read their own elements by
                                    # kernels.py (Triton); 'auto': where flex runs on a GPU with
                                    # Triton; False: by gathers and scatter-adds (same function)
-    chunked_windows="auto",        # flex: side streams' sliding-window self-attention as one batched
+    chunked_windows=False,         # flex: side streams' sliding-window self-attention as one batched
                                    # SDPA over chunks of 64 elements instead of FlexAttention block
-                                   # masks (same function); 'auto': wherever flex runs
+                                   # masks (the same function); SDPA ignores it
     seed=1337,
 )
 MODEL_KEYS = ("tokenizer", "block_size", "n_layer", "n_head", "n_embd", "dropout", "streams")
@@ -217,7 +217,7 @@ def build_model(cfg, model_config, device, attention, rank=0):
     model = GPT(model_config).to(device)
     model.attention = attention
     model.own_kernel = own_kernel(cfg["own_kernel"], attention, torch.device(device).type)
-    model.chunked_windows = cfg["chunked_windows"] in (True, "auto") and attention == "flex"
+    model.chunked_windows = cfg["chunked_windows"] and attention == "flex"
     model.drop_embeddings = cfg["embed_dropout"] > 0
     check_attention(model_config, attention)
     optimizer = model.configure_optimizer(cfg["weight_decay"], cfg["learning_rate"],

@@ -229,17 +229,16 @@ def test_own_kernel_auto_means_flex_on_a_gpu_with_triton(dataset, toks, tmp_path
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "flex"])
-@pytest.mark.parametrize("setting", ["auto", True, False])
+@pytest.mark.parametrize("setting", [True, False])
 def test_chunked_windows_run_only_under_flex(dataset, toks, tmp_path, attention, setting):
-    """chunked_windows ('auto', the default, or True) computes side streams' sliding windows chunk by
-    chunk wherever flex runs; SDPA, the reference, always uses its dense masks; anything but True,
-    False or 'auto' is refused by name."""
+    """chunked_windows=True computes side streams' sliding windows chunk by chunk where flex runs;
+    SDPA, the reference, always uses its dense masks; anything but True or False is refused by name."""
     cfg, _ = train.parse_config(args(dataset, toks, tmp_path / "run", attention=attention,
                                      chunked_windows=setting))
     train.validate(cfg)
     model, _ = train.build_model(cfg, train.model_setup(cfg)[2], "cpu", attention)
-    assert model.chunked_windows is (attention == "flex" and setting is not False)
-    expect_exit(args(dataset, toks, tmp_path / "b", chunked_windows="yes"), "chunked_windows='yes'", "'auto'")
+    assert model.chunked_windows is (attention == "flex" and setting)
+    expect_exit(args(dataset, toks, tmp_path / "b", chunked_windows="auto"), "chunked_windows='auto'", "True or False")
 
 
 @pytest.mark.parametrize("grad_clip", [0.0, 1.0])
