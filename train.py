@@ -75,7 +75,8 @@ DEFAULTS = dict(
                                    # Triton; False: by gathers and scatter-adds (same function)
     chunked_windows=False,         # flex: side streams' sliding-window self-attention as one batched
                                    # SDPA over chunks of 64 elements instead of FlexAttention block
-                                   # masks (the same function); SDPA ignores it
+                                   # masks (the same function; off until timed on a GPU); SDPA
+                                   # ignores it
     seed=1337,
 )
 MODEL_KEYS = ("tokenizer", "block_size", "n_layer", "n_head", "n_embd", "dropout", "streams")
