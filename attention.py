@@ -6,7 +6,7 @@ Who sees what, and the attention that applies it. The data loader gives every qu
   start of the forward pass, outside the model's compiled graph; with locality 0, where every key has
   at most one reader, cross-attention reads each query's own keys directly (kernels.py on a GPU, or
   gathers and scatter-adds over the keys in PyTorch) instead; a side stream's sliding-window
-  self-attention may run chunk by chunk as one batched SDPA (SlidingWindow), without block masks.
+  self-attention may run chunk by chunk as one batched SDPA (sliding_window), without block masks.
 """
 import math
 from typing import NamedTuple
@@ -21,6 +21,7 @@ except ImportError:
     kernels = None
 
 FLEX_BLOCK = 128
+WINDOW_CHUNK = 64  # elements per chunk of a sliding window computed chunk by chunk
 
 
 def attend(q, k, v, mask):
@@ -65,34 +66,41 @@ def attend_own_elements(q, k, v, own):
 
 
 class SlidingWindow(NamedTuple):
-    """A side stream's own attention: element m reads elements m - window + 1 .. m of its own window
-    (whose first element is m - pos[m]), the same as data.collate's self_lo, self_hi intervals."""
-    pos: torch.Tensor
-    window: int
-    chunk: int = 64
+    """A side stream's own attention chunk by chunk (sliding_window): mask (rows x chunks, 1,
+    WINDOW_CHUNK, span) says which of the span keys before and in its chunk each element reads."""
+    mask: torch.Tensor
+
+
+def sliding_window(pos, window):
+    """SlidingWindow for 'element m reads elements m - window + 1 .. m of its own window (whose first
+    element is m - pos[m])', the same as data.collate's self_lo, self_hi intervals; built once per
+    forward pass for all of a stream's layers. Each chunk's keys are its own and those of the
+    ceil((window - 1) / WINDOW_CHUNK) chunks before it."""
+    C = WINDOW_CHUNK
+    R, N = pos.shape
+    back = -(-(window - 1) // C)
+    # query i of chunk c is element c*C + i, key j element (c - back)*C + j: i + back*C - j back
+    ago = (torch.arange(C, device=pos.device)[:, None] + back * C
+           - torch.arange((back + 1) * C, device=pos.device))
+    pos = F.pad(pos, (0, -N % C)).view(-1, 1, C, 1)
+    # the window, and none before the element's own window's first (nor the padding ahead of row 0)
+    return SlidingWindow((ago >= 0) & (ago < window) & (ago <= pos))
 
 
 def attend_window_chunks(q, k, v, w):
-    """Sliding-window attention computed densely: the elements cut into chunks of w.chunk, each
-    chunk's queries against the keys of itself and of the ceil((window - 1) / chunk) chunks before
-    it, in one batched SDPA over a (chunk x span) mask. No block lists to build each step and no
+    """Sliding-window attention computed densely: each chunk of WINDOW_CHUNK queries against its
+    span of keys, in one batched SDPA under w.mask. No block lists to build each step and no
     FlexAttention kernel, which runs heads of 64 far below the GPU's peak (FINDINGS.md)."""
     R, H, N, D = q.shape
-    C = w.chunk
-    n, back = -(-N // C), -(-(w.window - 1) // C)
-    span, pad = (back + 1) * C, -N % C
+    C, span = WINDOW_CHUNK, w.mask.size(-1)
+    n, before, pad = -(-N // C), span - C, -N % C
 
     def chunks(t, before, size):  # (R * n, H, size, D): rows of t from `before` elements ahead
         t = F.pad(t, (0, 0, before, pad)).unfold(2, size, C)  # (R, H, n, D, size), a view
         return t.permute(0, 2, 1, 4, 3).reshape(R * n, H, size, D)
 
-    # query i of chunk c is element c*C + i, key j element (c - back)*C + j: i + back*C - j back
-    ago = torch.arange(C, device=q.device)[:, None] + back * C - torch.arange(span, device=q.device)
-    pos = F.pad(w.pos, (0, pad)).view(R * n, 1, C, 1)
-    # the window, and none before the element's own window's first (nor the padding ahead of row 0)
-    mask = (ago >= 0) & (ago < w.window) & (ago <= pos)
-    out = F.scaled_dot_product_attention(chunks(q, 0, C), chunks(k, back * C, span),
-                                         chunks(v, back * C, span), attn_mask=mask)
+    out = F.scaled_dot_product_attention(chunks(q, 0, C), chunks(k, before, span),
+                                         chunks(v, before, span), attn_mask=w.mask)
     return out.view(R, n, H, C, D).transpose(1, 2).reshape(R, H, n * C, D)[:, :, :N]
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attention import SlidingWindow, attend, interval_mask, own_elements, stream_block_lists
+from attention import attend, interval_mask, own_elements, sliding_window, stream_block_lists
 
 
 @dataclass
@@ -462,7 +462,7 @@ class GPT(nn.Module):
         else:
             own_rope = gather_rope(getattr(self, f"stream_rope{s}"), side["pos"])
             if self.attention == "flex" and self.chunked_windows:
-                own_mask = SlidingWindow(side["pos"], self.config.streams[s].window)
+                own_mask = sliding_window(side["pos"], self.config.streams[s].window)
             else:
                 own_mask = interval_mask(side["self_lo"], side["self_hi"], ids.size(1), own_lists)
         h = self.streams[s](ids, own_rope, own_mask)

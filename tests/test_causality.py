@@ -19,7 +19,7 @@ def build(toks, streams, n_layer=2, attention="sdpa", seed=0):
     cfg = GPTConfig(tokenizer="bpe300", vocab_size=toks["bpe300"].vocab_size, block_size=T, n_layer=n_layer,
                     n_head=2, n_embd=32, streams=[dict(s, vocab_size=toks[s["tokenizer"]].vocab_size) for s in streams])
     m = GPT(cfg).eval()
-    # flex_chunked: flex with side streams' sliding windows chunk by chunk (attention.SlidingWindow)
+    # flex_chunked: flex with side streams' sliding windows chunk by chunk (attention.sliding_window)
     m.attention, m.chunked_windows = attention.removesuffix("_chunked"), attention.endswith("_chunked")
     randomize_cross(m)
     return m
@@ -60,7 +60,7 @@ CAUSAL_VARIANTS = dict(VARIANTS, tight_budget=[dict(BYTES, budget=64)],
                        # the same reading of a one-head byte GPT mixed by a convolution wider than most
                        # tokens (config/speed/bytes_conv64.py)
                        conv_upper_layer=[dict(UPPER_LAYER_DEFAULT, mixer="conv", conv_width=8, n_head=1)],
-                       # a window over more bytes than a chunk of attention.SlidingWindow holds (64)
+                       # a window over more bytes than a chunk of attention.sliding_window holds (64)
                        long_window=[dict(UPPER_LAYER_DEFAULT, window=100)])
 # side streams mixed by a recurrence instead of attention (mixer="recurrent")
 RECURRENT = dict(BYTES, mixer="recurrent")

@@ -151,7 +151,7 @@ def test_flex_and_sdpa_compute_the_same_function(toks, variant, pack, chunked):
     """FlexAttention (block masks built from intervals; forward only on CPU) equals SDPA with dense masks
     written from the same intervals. Three windows, one with padding tokens, lengths not multiples of 128;
     packed: all windows in one row, the last ones cut. chunked: the flex path with side streams' sliding
-    windows chunk by chunk (attention.SlidingWindow) instead of block masks."""
+    windows chunk by chunk (attention.sliding_window) instead of block masks."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.3) if pack else VARIANTS[variant], T=100)
     randomize_cross(m)
     x = batch_for(toks, m, TEXT, starts=spread_starts(toks), pack=pack)
@@ -166,7 +166,7 @@ def test_flex_and_sdpa_compute_the_same_function(toks, variant, pack, chunked):
 
 @pytest.mark.parametrize("window", [1, 8, 64, 65, 100, 256])
 def test_sliding_window_chunks_equal_the_interval_mask_with_gradients(window):
-    """attention.SlidingWindow (chunks of 64 elements in one batched SDPA) against the dense interval
+    """attention.sliding_window (chunks of 64 elements in one batched SDPA) against the dense interval
     mask that data.collate's self_lo, self_hi give, in float64, output and the gradients of queries,
     keys and values: windows of random lengths packed back to back in rows whose length is no multiple
     of the chunk, padding slots (windows of their own) among them, windows shorter and longer than a
@@ -185,7 +185,7 @@ def test_sliding_window_chunks_equal_the_interval_mask_with_gradients(window):
     lo, hi = torch.maximum(j - window + 1, j - pos), (j + 1).expand(R, N)
     q, k, v = (torch.randn(R, H, N, D, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(3))
     ref = attention.attend(q, k, v, attention.interval_mask(lo, hi, N))
-    out = attention.attend(q, k, v, attention.SlidingWindow(pos, window))
+    out = attention.attend(q, k, v, attention.sliding_window(pos, window))
     assert torch.allclose(ref, out, atol=1e-12)
     grad = torch.randn(ref.shape, dtype=torch.float64, generator=g)
     for a, b in zip(torch.autograd.grad(ref, (q, k, v), grad), torch.autograd.grad(out, (q, k, v), grad)):
@@ -296,7 +296,7 @@ def test_param_counts_and_flops(toks):
 @pytest.mark.parametrize("chunked", [False, True])
 def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack, chunked):
     """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path;
-    chunked: side streams' sliding windows chunk by chunk (attention.SlidingWindow)."""
+    chunked: side streams' sliding windows chunk by chunk (attention.sliding_window)."""
     m = make(toks, streams=packed(VARIANTS[variant], 0.6) if pack else VARIANTS[variant], T=256).cuda().train()
     randomize_cross(m)
     m.chunked_windows = chunked
@@ -344,7 +344,7 @@ def varied_text(n_docs, seed=0):
     pytest.param(dict(mixer="recurrent"), False, id="recurrent"),
     pytest.param(dict(mixer="conv", n_layer=1, cross_layers="all", locality=0, shared_kv=True, parallel=True),
                  False, id="conv_all_layers"),
-    # the default's byte GPT and reading (config/bytes.py), its windows chunk by chunk (SlidingWindow)
+    # the default's byte GPT and reading (config/bytes.py), its windows chunk by chunk (sliding_window)
     pytest.param(dict(n_layer=1, n_head=2, cross_layers="every2", locality=0, shared_kv=True, parallel=True),
                  True, id="default_chunked")])
 def test_gpu_compiled_flex_matches_sdpa_at_training_sizes(toks, pack, stream, chunked):
