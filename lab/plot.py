@@ -3,7 +3,7 @@ Training curves from train.py's log.jsonl: train/val loss and val bits-per-byte 
 against wall-clock, several runs on one figure (PNG; needs matplotlib), and a summary table (needs
 nothing).
 
-    python -m lab.plot out-cpu-demo                        # the table, and out-cpu-demo/curves.png
+    python -m lab.plot out-cpu-demo                        # the table; with matplotlib, out-cpu-demo/curves.png
     python -m lab.plot out-a out-b --out curves.png        # several runs on one figure
     python -m lab.plot out-a results/x/log.jsonl --table   # the table only (no matplotlib needed)
 
@@ -16,6 +16,7 @@ later values count.
 study_plots draws a study's figures from its summary (lab/study.py).
 """
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -160,7 +161,8 @@ def main(argv=None):
         prog="python -m lab.plot",
         description="Loss and bits-per-byte curves of train.py runs, and a summary.")
     p.add_argument("runs", nargs="+", help="run folders (out_dir of train.py) or log.jsonl files")
-    p.add_argument("--out", help="PNG to write (default: curves.png in the first run's folder)")
+    p.add_argument("--out", help="PNG to write (default: curves.png in the first run's folder, "
+                                 "where matplotlib is installed)")
     p.add_argument("--table", action="store_true", help="print the summary table only, no plot")
     args = p.parse_args(argv)
     out = args.out or os.path.join(args.runs[0] if os.path.isdir(args.runs[0])
@@ -171,6 +173,9 @@ def main(argv=None):
     print(table(runs))
     if args.table:
         return
+    if not args.out and importlib.util.find_spec("matplotlib") is None:
+        # the quickstart's summary: the table is what was asked for, the figure an optional extra
+        return print("note: matplotlib is not installed, so no curves.png (pip install matplotlib)")
     plot(runs, out)
     print(f"wrote {out}")
 

@@ -79,8 +79,12 @@ def test_table_needs_no_matplotlib(tmp_path, capsys, monkeypatch):
     header, row = capsys.readouterr().out.splitlines()
     assert "best val bpb" in header
     assert row.split() == ["out-a", "30", "30,720", "27", "s", "5.3000", "2.4000", "2.4000", "(30)"]
-    with pytest.raises(SystemExit, match="pip install matplotlib"):
-        plot.main([a])
+    plot.main([a])  # the quickstart's command: the table, and a note instead of the figure
+    _, again, note = capsys.readouterr().out.splitlines()
+    assert again == row and "matplotlib is not installed" in note
+    assert not (tmp_path / "out-a" / "curves.png").exists()
+    with pytest.raises(SystemExit, match="pip install matplotlib"):  # a figure asked for by name
+        plot.main([a, "--out", str(tmp_path / "a.png")])
 
 
 def test_bad_input_is_refused_clearly(tmp_path):
