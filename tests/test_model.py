@@ -144,7 +144,7 @@ def packed(streams, fraction):
     return [dict(s, packed_budget=int(s["budget"] * fraction)) for s in streams]
 
 
-@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("chunked", [False, True], ids=["block_masks", "chunked"])
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_flex_and_sdpa_compute_the_same_function(toks, variant, pack, chunked):
@@ -293,7 +293,7 @@ def test_param_counts_and_flops(toks):
 @pytest.mark.parametrize("pack", [False, True])
 @pytest.mark.parametrize("variant", ["local0", "local2", "overflow", "two_streams", "shared_kv", "parallel",
                                      "one_head", "conv"])
-@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("chunked", [False, True], ids=["block_masks", "chunked"])
 def test_gpu_compiled_flex_matches_sdpa(toks, variant, pack, chunked):
     """On GPU: torch.compile + FlexAttention, forward and gradients, against the SDPA reference path;
     chunked: side streams' sliding windows chunk by chunk (attention.sliding_window)."""
