@@ -77,7 +77,7 @@ def sliding_window(pos, window):
     forward pass for all of a stream's layers. Each chunk's keys are its own and those of the
     ceil((window - 1) / WINDOW_CHUNK) chunks before it."""
     C = WINDOW_CHUNK
-    R, N = pos.shape
+    N = pos.size(1)
     back = -(-(window - 1) // C)
     # query i of chunk c is element c*C + i, key j element (c - back)*C + j: i + back*C - j back
     ago = (torch.arange(C, device=pos.device)[:, None] + back * C
